@@ -1,0 +1,373 @@
+"""The WebSocket interface at /ws/chat/: one socket per device, all the user's conversations.
+
+Thin by design: parse a frame, call the same service as the HTTP view, answer ``ack`` or
+``error``. Events arrive through the instance's hub (chat/fanout.py), not through a channel of
+this consumer, and leave through a bounded queue drained by one writer task: a client that
+reads too slowly is closed with 4008 instead of growing this process's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from chatproject import metrics
+from chatproject.errors import ApplicationError, Invalid, RateLimited, internal_error_body
+from chatproject.logging import connection_id_var, user_id_var
+from presence.registry import Connection, get_registry
+
+from . import selectors, services
+from .events import iso, message_dict
+from .fanout import CLOSE_FANOUT_LOST, CLOSE_SHUTDOWN, encode, hub
+
+logger = logging.getLogger("chat.ws")
+
+CLOSE_NOT_AUTHENTICATED = 4401
+CLOSE_DEACTIVATED = 4403
+CLOSE_DISCONNECTED = 4000
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_TOO_BIG = 1009
+CLOSE_ABUSE = 1008
+
+ABUSE_WINDOW_SECONDS = 10.0
+ABUSE_MAX_STRIKES = 20
+TOUCH_INTERVAL_SECONDS = 30.0
+
+Handler = Callable[["ChatConsumer", dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+def _conversation_seqs(user_id: int) -> dict[str, int]:
+    from .models import Conversation
+
+    return {
+        str(cid): seq
+        for cid, seq in Conversation.objects.filter(participants__user_id=user_id).values_list("id", "last_seq")
+    }
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    # No channel per consumer: the hub holds one per instance and fans out to local sockets.
+    channel_layer_alias = "__no_per_consumer_channel__"
+
+    user_id: int
+    connection_id: str
+    registry_entry: Connection | None = None
+
+    # --- connection lifecycle -------------------------------------------------------------------
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.connection_id = str(uuid.uuid4())
+        self.connected_at = time.monotonic()
+        self.conversations: set[str] = set()
+        self.sent_seq: dict[str, int] = {}
+        self.resuming: dict[str, list[tuple[int, str]]] = {}
+        self.queue: deque[str] = deque()
+        self.wakeup = asyncio.Event()
+        self.closing: int | None = None
+        self.registered = False
+        self.strikes: deque[float] = deque()
+        self.last_touch = time.monotonic()
+        self.writer: asyncio.Task[None] | None = None
+        connection_id_var.set(self.connection_id)
+
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self._refuse(CLOSE_NOT_AUTHENTICATED)
+            return
+        if not user.is_active:
+            await self._refuse(CLOSE_DEACTIVATED)
+            return
+        self.user_id = int(user.pk)
+        self.username = user.get_username()
+        user_id_var.set(self.user_id)
+        if hub.shutting_down:
+            await self._refuse(CLOSE_SHUTDOWN)
+            return
+        if not hub.healthy:
+            await self._refuse(CLOSE_FANOUT_LOST)
+            return
+
+        await self.accept()
+        try:
+            conversations = await database_sync_to_async(_conversation_seqs)(self.user_id)
+            self.conversations = set(conversations)
+            self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+            await hub.register(self, conversations)
+            self.registered = True
+            self.registry_entry = self._registry_entry()
+            await get_registry().add(self.registry_entry)
+        except Exception:
+            logger.exception("connect failed")
+            self.close_with(CLOSE_FANOUT_LOST)
+            return
+        metrics.CONNECTS.inc()
+        logger.info("connected", extra={"auth": self.scope.get("auth_method")})
+        self.push(
+            encode(
+                {
+                    "type": "hello",
+                    "connection_id": self.connection_id,
+                    "instance_id": settings.INSTANCE_ID,
+                    "user": {"id": self.user_id, "username": self.username},
+                    "heartbeat_interval": settings.WS_HEARTBEAT_INTERVAL_SECONDS,
+                }
+            ),
+            "hello",
+        )
+
+    async def _refuse(self, code: int) -> None:
+        await self.accept()
+        await self.close(code=code)
+        metrics.DISCONNECTS.labels(code=str(code)).inc()
+        logger.info("refused", extra={"close_code": code})
+
+    def _registry_entry(self) -> Connection:
+        client = self.scope.get("client") or ("", 0)
+        agent = ""
+        for key, value in self.scope.get("headers", []):
+            if key == b"user-agent":
+                agent = value.decode("latin-1")[:200]
+        now = time.time()
+        return Connection(
+            connection_id=self.connection_id,
+            user_id=self.user_id,
+            instance_id=settings.INSTANCE_ID,
+            channel=f"{hub.channel_name}!{self.connection_id}",
+            connected_at=now,
+            last_seen=now,
+            remote_addr=str(client[0] or ""),
+            user_agent=agent,
+        )
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        code = message.get("code", 1000)
+        if self.writer is not None:
+            self.writer.cancel()
+        if self.registered:
+            self.registered = False
+            await hub.unregister(self)
+            try:
+                await get_registry().remove(self.connection_id, self.user_id)
+            except Exception as exc:
+                logger.warning("registry removal failed", extra={"error": exc.__class__.__name__})
+            metrics.DISCONNECTS.labels(code=str(self.closing or code)).inc()
+            logger.info(
+                "disconnected",
+                extra={"close_code": self.closing or code, "duration_s": round(time.monotonic() - self.connected_at, 3)},
+            )
+        await super().websocket_disconnect(message)
+
+    # --- outgoing -------------------------------------------------------------------------------
+
+    def push(self, text: str, frame_type: str) -> None:
+        """Queue one encoded frame; overflow closes the socket with 4008 (slow consumer)."""
+        if self.closing is not None:
+            return
+        if len(self.queue) >= settings.WS_SEND_QUEUE_FRAMES:
+            logger.warning("outgoing queue overflow", extra={"queued": len(self.queue)})
+            self.close_with(CLOSE_SLOW_CONSUMER)
+            return
+        self.queue.append(text)
+        metrics.frame_out(frame_type)
+        self.wakeup.set()
+
+    def push_message(self, cid: str, seq: int, text: str) -> None:
+        held = self.resuming.get(cid)
+        if held is not None:
+            held.append((seq, text))
+            return
+        if seq <= self.sent_seq.get(cid, 0):
+            return
+        self.sent_seq[cid] = seq
+        self.push(text, "message.new")
+
+    def close_with(self, code: int) -> None:
+        """Close as soon as the writer gets to it; frames still queued are dropped (the client
+        resumes by seq after reconnecting)."""
+        if self.closing is not None:
+            return
+        self.closing = code
+        self.queue.clear()
+        self.wakeup.set()
+        if self.writer is None:
+            asyncio.get_running_loop().create_task(self.close(code=code))
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                while self.queue and self.closing is None:
+                    await self.send(text_data=self.queue.popleft())
+                if self.closing is not None:
+                    await self.close(code=self.closing)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.info("write failed; socket gone", extra={"error": exc.__class__.__name__})
+
+    async def _drain_below(self, size: int) -> None:
+        while len(self.queue) > size and self.closing is None:
+            await asyncio.sleep(0.005)
+
+    def reply(self, frame: dict[str, Any]) -> None:
+        self.push(encode(frame), frame["type"])
+
+    def error(self, request_id: str | None, err: dict[str, Any]) -> None:
+        metrics.ERRORS.labels(code=err["code"]).inc()
+        self.reply({"type": "error", "id": request_id, **err})
+
+    # --- incoming -------------------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing is not None or not self.registered:
+            return
+        size = len(text_data.encode("utf-8")) if text_data is not None else len(bytes_data or b"")
+        if size > settings.WS_MAX_FRAME_BYTES:
+            logger.warning("frame too large", extra={"bytes": size})
+            self.close_with(CLOSE_TOO_BIG)
+            return
+        now = time.monotonic()
+        if now - self.last_touch > TOUCH_INTERVAL_SECONDS:
+            self.last_touch = now
+            asyncio.get_running_loop().create_task(self._touch())
+        request_id: str | None = None
+        try:
+            if text_data is None:
+                raise Invalid("Binary frames are not supported; send JSON text.", code="bad_request")
+            try:
+                data = json.loads(text_data)
+            except ValueError:
+                raise Invalid("Frame is not valid JSON.", code="bad_request") from None
+            if not isinstance(data, dict):
+                raise Invalid("A frame is a JSON object.", code="bad_request")
+            raw_id = data.get("id")
+            if raw_id is not None:
+                if not isinstance(raw_id, str) or len(raw_id) > 64:
+                    raise Invalid.field("id", "Must be a string of at most 64 characters.")
+                request_id = raw_id
+            frame_type = data.get("type")
+            handler = HANDLERS.get(frame_type) if isinstance(frame_type, str) else None
+            if handler is None:
+                raise Invalid.field("type", f"Unknown frame type {str(frame_type)[:40]!r}.")
+            metrics.FRAMES_IN.labels(type=frame_type).inc()
+            result = await handler(self, data)
+            if result is not None and request_id is not None:
+                self.reply({"type": "ack", "id": request_id, **result})
+        except ApplicationError as exc:
+            self.error(request_id, exc.as_dict())
+            if exc.status in (400, 429):
+                self._strike(rate_limited=isinstance(exc, RateLimited))
+        except Exception:
+            logger.exception("frame handler failed")
+            self.error(request_id, internal_error_body())
+
+    def _strike(self, *, rate_limited: bool) -> None:
+        """Sustained invalid frames or rate-limit violations close the socket with 1008."""
+        now = time.monotonic()
+        self.strikes.append(now)
+        while self.strikes and now - self.strikes[0] > ABUSE_WINDOW_SECONDS:
+            self.strikes.popleft()
+        if len(self.strikes) >= ABUSE_MAX_STRIKES:
+            logger.warning("closing abusive socket", extra={"rate_limited": rate_limited})
+            self.close_with(CLOSE_ABUSE)
+
+    async def _touch(self) -> None:
+        try:
+            await get_registry().touch(self.connection_id, self.user_id)
+        except Exception as exc:
+            logger.debug("registry touch failed", extra={"error": exc.__class__.__name__})
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    async def on_message_send(self, data: dict[str, Any]) -> dict[str, Any]:
+        result = await database_sync_to_async(services.message_send)(
+            sender_id=self.user_id,
+            conversation_id=_required(data, "conversation_id"),
+            body=data.get("body"),
+            client_msg_id=data.get("client_msg_id"),
+        )
+        return {"message": message_dict(result.message), "repeat": result.repeat}
+
+    async def on_typing(self, data: dict[str, Any]) -> dict[str, Any]:
+        broadcast = await database_sync_to_async(services.typing_set)(
+            user_id=self.user_id, conversation_id=_required(data, "conversation_id"), state=data.get("state")
+        )
+        return {"broadcast": broadcast}
+
+    async def on_read(self, data: dict[str, Any]) -> dict[str, Any]:
+        cid = _required(data, "conversation_id")
+        result = await database_sync_to_async(services.read_mark)(
+            user_id=self.user_id, conversation_id=cid, seq=data.get("seq")
+        )
+        return {"conversation_id": str(cid), "seq": result.seq, "read_at": iso(result.read_at)}
+
+    async def on_resume(self, data: dict[str, Any]) -> dict[str, Any]:
+        cursors = data.get("cursors")
+        if not isinstance(cursors, dict) or len(cursors) > 1000:
+            raise Invalid.field("cursors", "Must be an object of conversation id to last seen seq.")
+        parsed: dict[str, int] = {}
+        for cid, seq in cursors.items():
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+                raise Invalid.field("cursors", f"The seq for {cid[:40]!r} must be a non-negative whole number.")
+            parsed[str(selectors.parse_conversation_id(cid))] = seq
+        limit = settings.RESUME_MAX_PER_CONVERSATION
+        resumed: dict[str, int] = {}
+        for cid, after in parsed.items():
+            # Participation is checked now, at the time of the action.
+            await database_sync_to_async(selectors.conversation_for)(user_id=self.user_id, conversation_id=cid)
+            self.resuming[cid] = []
+            try:
+                rows = await database_sync_to_async(selectors.messages_after)(
+                    conversation_id=cid, after_seq=after, limit=limit + 1
+                )
+                last = after
+                for row in rows[:limit]:
+                    await self._drain_below(settings.WS_SEND_QUEUE_FRAMES // 2)
+                    self.push(encode({"type": "message.new", "message": message_dict(row)}), "message.new")
+                    last = row.seq
+                if len(rows) > limit:
+                    self.reply({"type": "resume.truncated", "conversation_id": cid, "next_seq": last + 1})
+                self.sent_seq[cid] = max(self.sent_seq.get(cid, 0), last)
+            finally:
+                held = self.resuming.pop(cid, [])
+            # Live messages that arrived meanwhile, unless truncated (the client pages over HTTP).
+            if len(rows) <= limit:
+                for seq, text in sorted(held):
+                    self.push_message(cid, seq, text)
+            resumed[cid] = self.sent_seq.get(cid, after)
+        return {"resumed": resumed}
+
+    async def on_ping(self, data: dict[str, Any]) -> None:
+        frame: dict[str, Any] = {"type": "pong"}
+        if data.get("id") is not None:
+            frame["id"] = data["id"]
+        self.reply(frame)
+        return None
+
+
+def _required(data: dict[str, Any], name: str) -> Any:
+    value = data.get(name)
+    if value is None or value == "":
+        raise Invalid.field(name, "This field is required.")
+    return value
+
+
+HANDLERS: dict[str, Handler] = {
+    "message.send": ChatConsumer.on_message_send,
+    "typing": ChatConsumer.on_typing,
+    "read": ChatConsumer.on_read,
+    "resume": ChatConsumer.on_resume,
+    "ping": ChatConsumer.on_ping,
+}

@@ -1,0 +1,162 @@
+"""Every event leaves from here, after the transaction that caused it commits.
+
+An event travels through the channel layer to a group (``c.<conversation>`` or ``u.<user>``).
+Each instance holds one channel in the groups its local sockets need and fans the frame out to
+them (chat/fanout.py), so a frame is encoded once per instance, not once per receiver.
+
+Layer message shape::
+
+    {"type": "fanout", "frame": {...client frame...} | None,
+     "exclude_user": int | None, "only_user": int | None, "control": {...} | None}
+
+``control`` changes local routing: ``join``/``leave`` a conversation for a user's sockets,
+``disconnect`` a user's sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+if TYPE_CHECKING:
+    from .models import Conversation, Message
+
+logger = logging.getLogger("chat.events")
+
+
+def conversation_group(conversation_id: object) -> str:
+    return f"c.{conversation_id}"
+
+
+def user_group(user_id: object) -> str:
+    return f"u.{user_id}"
+
+
+def iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    return {
+        "id": str(message.id),
+        "conversation_id": str(message.conversation_id),
+        "seq": message.seq,
+        "sender_id": message.sender_id,
+        "body": message.body,
+        "client_msg_id": message.client_msg_id,
+        "created_at": iso(message.created_at),
+    }
+
+
+def conversation_dict(conversation: Conversation) -> dict[str, Any]:
+    participants = [
+        {
+            "user_id": p.user_id,
+            "username": p.user.username,
+            "role": p.role,
+            "joined_at": iso(p.joined_at),
+        }
+        for p in conversation.participants.all()
+    ]
+    return {
+        "id": str(conversation.id),
+        "title": conversation.title,
+        "owner_id": conversation.owner_id,
+        "created_at": iso(conversation.created_at),
+        "last_seq": conversation.last_seq,
+        "last_message_at": iso(conversation.last_message_at),
+        "participants": participants,
+    }
+
+
+def publish(group: str, message: dict[str, Any]) -> None:
+    """Send now. A failure is logged, never raised: the cause is already committed, and a
+    receiver that misses it catches up by ``resume`` (its socket is closed by the watchdog
+    when this instance's fan-out path is broken)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, message)
+    except Exception:
+        from chatproject import metrics
+
+        metrics.LAYER_ERRORS.labels(op="group_send").inc()
+        logger.exception("event publish failed", extra={"group": group})
+
+
+def send_event_on_commit(
+    group: str,
+    frame: dict[str, Any] | None,
+    *,
+    exclude_user: int | None = None,
+    only_user: int | None = None,
+    control: dict[str, Any] | None = None,
+) -> None:
+    message = {
+        "type": "fanout",
+        "group": group,
+        "frame": frame,
+        "exclude_user": exclude_user,
+        "only_user": only_user,
+        "control": control,
+    }
+    transaction.on_commit(lambda: publish(group, message))
+
+
+# --- One function per event type (schemas are tested in tests/chat/test_events.py) ----------
+
+
+def message_new(message: Message) -> None:
+    send_event_on_commit(
+        conversation_group(message.conversation_id), {"type": "message.new", "message": message_dict(message)}
+    )
+
+
+def typing(*, conversation_id: object, user_id: int, state: str) -> None:
+    frame = {"type": "typing", "conversation_id": str(conversation_id), "user_id": user_id, "state": state}
+    send_event_on_commit(conversation_group(conversation_id), frame, exclude_user=user_id)
+
+
+def read(*, conversation_id: object, user_id: int, seq: int, read_at: Any) -> None:
+    frame = {
+        "type": "read",
+        "conversation_id": str(conversation_id),
+        "user_id": user_id,
+        "seq": seq,
+        "read_at": iso(read_at),
+    }
+    send_event_on_commit(conversation_group(conversation_id), frame)
+
+
+def conversation_joined(*, conversation: Conversation, user_id: int) -> None:
+    frame = {"type": "conversation.joined", "conversation": conversation_dict(conversation)}
+    control = {
+        "op": "join",
+        "conversation_id": str(conversation.id),
+        "user_id": user_id,
+        "last_seq": conversation.last_seq,
+    }
+    send_event_on_commit(user_group(user_id), frame, control=control)
+
+
+def conversation_left(*, conversation_id: object, user_id: int) -> None:
+    # Sent on the conversation's group: every instance holding the user's sockets is subscribed
+    # to it, and it stays ordered with the conversation's other events from the same sender.
+    frame = {"type": "conversation.left", "conversation_id": str(conversation_id)}
+    control = {"op": "leave", "conversation_id": str(conversation_id), "user_id": user_id}
+    send_event_on_commit(conversation_group(conversation_id), frame, only_user=user_id, control=control)
+    send_event_on_commit(user_group(user_id), None, control=control)
+
+
+def disconnect_user(*, user_id: int, code: int) -> None:
+    send_event_on_commit(user_group(user_id), None, control={"op": "disconnect", "user_id": user_id, "code": code})
+
+
+def presence(*, user_ids: list[int], frame: dict[str, Any]) -> None:
+    for uid in user_ids:
+        send_event_on_commit(user_group(uid), frame)

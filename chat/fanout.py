@@ -1,0 +1,490 @@
+"""Per-process fan-out: one channel per instance, one subscription per group per instance.
+
+A consumer does not hold a channel of its own. The instance's hub holds one channel, adds it to
+the groups its local sockets need (``c.<conversation>``, ``u.<user>``, ``i.<instance>``), and
+hands each arriving event to the local sockets: the frame is encoded once per instance, and no
+database query, authorization or thread-pool hop happens per receiver.
+
+It also keeps the guarantees on the delivery path:
+
+* seq order per conversation: ``message.new`` events are released in seq order; a gap (an event
+  published out of order, or lost while the layer reconnected) is held briefly and then filled
+  from the database;
+* never open and deaf: a watchdog sends a probe through the layer back to this instance; when
+  probes fail, every local socket is closed with 1011 so clients resume elsewhere, and groups
+  are re-added once the path works again (and periodically, for a Redis that restarted empty);
+* typing ``start`` expires after TYPING_EXPIRY_SECONDS with a synthesised ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+import uuid
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from chatproject import metrics
+
+from .events import conversation_group, user_group
+
+if TYPE_CHECKING:
+    from .consumers import ChatConsumer
+
+logger = logging.getLogger("chat.fanout")
+
+WATCHDOG_INTERVAL_SECONDS = 2.0
+WATCHDOG_PROBE_TIMEOUT_SECONDS = 2.0
+WATCHDOG_FAILURES_TO_CLOSE = 2
+GROUP_REFRESH_SECONDS = 30.0
+GAP_WAIT_SECONDS = 0.5
+LAYER_OP_TIMEOUT_SECONDS = 3.0
+
+CLOSE_FANOUT_LOST = 1011
+CLOSE_SHUTDOWN = 1012
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.layer: Any = None
+        self.channel_name: str | None = None
+        self.consumers: set[ChatConsumer] = set()
+        self.by_conv: dict[str, set[ChatConsumer]] = defaultdict(set)
+        self.by_user: dict[int, set[ChatConsumer]] = defaultdict(set)
+        self.groups: set[str] = set()
+        self.conv_seq: dict[str, int] = {}
+        self.pending: dict[str, dict[int, tuple[dict[str, Any], str]]] = defaultdict(dict)
+        self.gap_tasks: dict[str, asyncio.Task[None]] = {}
+        self.typing_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
+        self.probe_waiters: dict[str, asyncio.Future[None]] = {}
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.healthy = True
+        self.shutting_down = False
+        self.started = False
+        self._start_lock = asyncio.Lock() if self.loop else None
+
+    @property
+    def instance_group(self) -> str:
+        return f"i.{settings.INSTANCE_ID}"
+
+    def local_connection_count(self) -> int:
+        return len(self.consumers)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:
+            # A new event loop (tests run one per test): nothing of the old one is usable.
+            for task in self.tasks:
+                task.cancel()
+            self.loop = loop
+            self._reset()
+        if self.started:
+            return
+        assert self._start_lock is not None
+        async with self._start_lock:
+            if self.started:
+                return
+            self.layer = get_channel_layer()
+            self.channel_name = await self.layer.new_channel(f"inst.{settings.INSTANCE_ID}.")
+            await self._group_add(self.instance_group)
+            self.tasks = [
+                loop.create_task(self._receive_loop(), name="fanout-receive"),
+                loop.create_task(self._watchdog_loop(), name="fanout-watchdog"),
+                loop.create_task(self._heartbeat_loop(), name="registry-heartbeat"),
+            ]
+            self._install_sigterm()
+            self.started = True
+            logger.info("fan-out hub started", extra={"channel": self.channel_name, "mode": settings.CHAT_MODE})
+
+    def _install_sigterm(self) -> None:
+        """Chain onto the server's SIGTERM handler: close our sockets with 1012 and leave the
+        registry first, then let the server (daphne or uvicorn) run its own shutdown."""
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+        except ValueError:
+            return
+        loop = self.loop
+        assert loop is not None
+
+        def handler(signum: int, frame: Any) -> None:
+            async def run() -> None:
+                try:
+                    await asyncio.wait_for(self.shutdown(), timeout=5)
+                except Exception:
+                    logger.exception("shutdown cleanup failed")
+                finally:
+                    if callable(previous):
+                        previous(signum, frame)
+                    else:
+                        raise SystemExit(0)
+
+            loop.call_soon_threadsafe(lambda: loop.create_task(run()))
+
+        try:
+            signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread (tests)
+            pass
+
+    async def shutdown(self) -> None:
+        """Close every local socket with 1012 and remove this instance from the registry."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        logger.info("instance shutting down", extra={"connections": len(self.consumers)})
+        for consumer in list(self.consumers):
+            consumer.close_with(CLOSE_SHUTDOWN)
+        from presence.registry import get_registry
+
+        try:
+            await asyncio.wait_for(get_registry().deregister_instance(), timeout=3)
+        except Exception:
+            logger.exception("registry deregistration failed")
+
+    # --- membership ---------------------------------------------------------------------------
+
+    async def _group_add(self, group: str) -> None:
+        self.groups.add(group)
+        await asyncio.wait_for(self.layer.group_add(group, self.channel_name), LAYER_OP_TIMEOUT_SECONDS)
+
+    async def _group_discard(self, group: str) -> None:
+        self.groups.discard(group)
+        try:
+            await asyncio.wait_for(self.layer.group_discard(group, self.channel_name), LAYER_OP_TIMEOUT_SECONDS)
+        except Exception:
+            metrics.LAYER_ERRORS.labels(op="group_discard").inc()
+
+    async def register(self, consumer: ChatConsumer, conversations: dict[str, int]) -> None:
+        """Route events of the user and of ``conversations`` ({id: last seq}) to ``consumer``."""
+        await self.ensure_started()
+        self.consumers.add(consumer)
+        metrics.CONNECTIONS.set(len(self.consumers))
+        new_groups = []
+        self.by_user[consumer.user_id].add(consumer)
+        if user_group(consumer.user_id) not in self.groups:
+            new_groups.append(user_group(consumer.user_id))
+        for cid, last_seq in conversations.items():
+            self.by_conv[cid].add(consumer)
+            if conversation_group(cid) not in self.groups:
+                new_groups.append(conversation_group(cid))
+            # Events published before the subscription below carry seqs up to last_seq at most,
+            # which the client gets through resume; never hold back on them.
+            self.conv_seq[cid] = max(self.conv_seq.get(cid, 0), last_seq)
+        for group in new_groups:
+            await self._group_add(group)
+
+    async def unregister(self, consumer: ChatConsumer) -> None:
+        self.consumers.discard(consumer)
+        metrics.CONNECTIONS.set(len(self.consumers))
+        members = self.by_user.get(consumer.user_id)
+        if members is not None:
+            members.discard(consumer)
+            if not members:
+                del self.by_user[consumer.user_id]
+                await self._group_discard(user_group(consumer.user_id))
+        for cid in list(consumer.conversations):
+            await self._leave(consumer, cid)
+
+    async def _join(self, consumer: ChatConsumer, cid: str, last_seq: int) -> None:
+        consumer.conversations.add(cid)
+        self.by_conv[cid].add(consumer)
+        if conversation_group(cid) not in self.groups:
+            self.conv_seq[cid] = max(self.conv_seq.get(cid, 0), last_seq)
+            await self._group_add(conversation_group(cid))
+
+    async def _leave(self, consumer: ChatConsumer, cid: str) -> None:
+        consumer.conversations.discard(cid)
+        members = self.by_conv.get(cid)
+        if members is None:
+            return
+        members.discard(consumer)
+        if not members:
+            del self.by_conv[cid]
+            self.conv_seq.pop(cid, None)
+            self.pending.pop(cid, None)
+            task = self.gap_tasks.pop(cid, None)
+            if task:
+                task.cancel()
+            await self._group_discard(conversation_group(cid))
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                metrics.LAYER_ERRORS.labels(op="receive").inc()
+                logger.exception("channel layer receive failed")
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                await self.handle(message)
+            except Exception:
+                logger.exception("fan-out of an event failed", extra={"event_type": message.get("type")})
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "probe":
+            waiter = self.probe_waiters.pop(message.get("id", ""), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        if kind != "fanout":
+            return
+        control = message.get("control")
+        if control:
+            await self._apply_control(control)
+        frame = message.get("frame")
+        if frame is None:
+            return
+        group: str = message.get("group", "")
+        if frame.get("type") == "message.new":
+            self._message_new(frame)
+            return
+        if frame.get("type") == "typing":
+            self._typing_timer(frame)
+        targets = self._targets(group)
+        if not targets:
+            return
+        text = encode(frame)
+        exclude, only = message.get("exclude_user"), message.get("only_user")
+        frame_type = frame.get("type", "")
+        for consumer in list(targets):
+            if exclude is not None and consumer.user_id == exclude:
+                continue
+            if only is not None and consumer.user_id != only:
+                continue
+            consumer.push(text, frame_type)
+
+    def _targets(self, group: str) -> set[ChatConsumer]:
+        kind, _, ident = group.partition(".")
+        if kind == "c":
+            return self.by_conv.get(ident, set())
+        if kind == "u":
+            try:
+                return self.by_user.get(int(ident), set())
+            except ValueError:
+                return set()
+        if kind == "i":
+            return self.consumers
+        return set()
+
+    async def _apply_control(self, control: dict[str, Any]) -> None:
+        op, user_id = control.get("op"), control.get("user_id")
+        consumers = list(self.by_user.get(user_id, ())) if isinstance(user_id, int) else []
+        if op == "join":
+            cid = str(control["conversation_id"])
+            for consumer in consumers:
+                await self._join(consumer, cid, int(control.get("last_seq", 0)))
+        elif op == "leave":
+            cid = str(control["conversation_id"])
+            for consumer in consumers:
+                if cid in consumer.conversations:
+                    await self._leave(consumer, cid)
+        elif op == "disconnect":
+            for consumer in consumers:
+                consumer.close_with(int(control.get("code", 4000)))
+
+    # --- ordered message delivery ---------------------------------------------------------------
+
+    def _message_new(self, frame: dict[str, Any]) -> None:
+        msg = frame["message"]
+        cid, seq = msg["conversation_id"], int(msg["seq"])
+        if cid not in self.by_conv:
+            return
+        last = self.conv_seq.get(cid, 0)
+        if seq <= last:
+            return  # already delivered, or older than what sockets here resumed from
+        if seq > last + 1:
+            self.pending[cid][seq] = (frame, encode(frame))
+            if cid not in self.gap_tasks:
+                self.gap_tasks[cid] = asyncio.get_running_loop().create_task(self._fill_gap(cid))
+            return
+        self._deliver_message(cid, seq, frame, encode(frame))
+        self._release_pending(cid)
+
+    def _deliver_message(self, cid: str, seq: int, frame: dict[str, Any], text: str) -> None:
+        self.conv_seq[cid] = seq
+        created = frame["message"].get("created_at")
+        if created:
+            metrics.observe_fanout(created)
+        for consumer in list(self.by_conv.get(cid, ())):
+            consumer.push_message(cid, seq, text)
+
+    def _release_pending(self, cid: str) -> None:
+        held = self.pending.get(cid)
+        while held:
+            nxt = self.conv_seq.get(cid, 0) + 1
+            if nxt not in held:
+                # Drop anything already behind the cursor; keep waiting for the gap otherwise.
+                for stale in [s for s in held if s < nxt]:
+                    held.pop(stale)
+                break
+            frame, text = held.pop(nxt)
+            self._deliver_message(cid, nxt, frame, text)
+        if not held:
+            self.pending.pop(cid, None)
+            task = self.gap_tasks.get(cid)
+            if task is not None and task is not asyncio.current_task():
+                self.gap_tasks.pop(cid, None)
+                task.cancel()
+
+    async def _fill_gap(self, cid: str) -> None:
+        """A seq is missing: wait briefly for it, then read the missing ones from the database."""
+        from .events import message_dict
+        from .selectors import messages_after
+
+        try:
+            await asyncio.sleep(GAP_WAIT_SECONDS)
+            while self.pending.get(cid):
+                last = self.conv_seq.get(cid, 0)
+                upto = min(self.pending[cid])
+                rows = await database_sync_to_async(messages_after)(
+                    conversation_id=cid, after_seq=last, limit=max(1, upto - last - 1)
+                )
+                held = self.pending.get(cid)
+                if held is None:
+                    return
+                for row in rows:
+                    if row.seq < upto:
+                        frame = {"type": "message.new", "message": message_dict(row)}
+                        held.setdefault(row.seq, (frame, encode(frame)))
+                if not rows or rows[0].seq != last + 1:
+                    # Only when the database is unreachable or the rows were deleted: skip
+                    # forward rather than stall the conversation (clients catch up by resume).
+                    logger.warning("seq gap not fillable; skipping", extra={"conversation_id": cid, "seq": last + 1})
+                    self.conv_seq[cid] = min(held) - 1
+                self._release_pending(cid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("gap fill failed", extra={"conversation_id": cid})
+        finally:
+            if self.gap_tasks.get(cid) is asyncio.current_task():
+                self.gap_tasks.pop(cid, None)
+
+    # --- typing expiry --------------------------------------------------------------------------
+
+    def _typing_timer(self, frame: dict[str, Any]) -> None:
+        key = (str(frame.get("conversation_id")), int(frame.get("user_id", 0)))
+        timer = self.typing_timers.pop(key, None)
+        if timer:
+            timer.cancel()
+        if frame.get("state") == "start" and self.loop is not None:
+            self.typing_timers[key] = self.loop.call_later(
+                settings.TYPING_EXPIRY_SECONDS, self._typing_expired, key
+            )
+
+    def _typing_expired(self, key: tuple[str, int]) -> None:
+        self.typing_timers.pop(key, None)
+        cid, user_id = key
+        frame = {"type": "typing", "conversation_id": cid, "user_id": user_id, "state": "stop"}
+        text = encode(frame)
+        for consumer in list(self.by_conv.get(cid, ())):
+            if consumer.user_id != user_id:
+                consumer.push(text, "typing")
+
+    # --- watchdog and registry heartbeat ----------------------------------------------------------
+
+    async def probe(self, timeout: float = WATCHDOG_PROBE_TIMEOUT_SECONDS) -> float:
+        """A real round trip through the layer's group delivery back to this instance.
+        Returns the latency in seconds; raises on timeout or a layer error."""
+        await self.ensure_started()
+        assert self.loop is not None
+        probe_id = uuid.uuid4().hex
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self.probe_waiters[probe_id] = waiter
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.layer.group_send(
+                    self.instance_group, {"type": "probe", "id": probe_id, "group": self.instance_group}
+                )
+                await waiter
+        finally:
+            self.probe_waiters.pop(probe_id, None)
+        return time.perf_counter() - started
+
+    async def _watchdog_loop(self) -> None:
+        failures = 0
+        last_refresh = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_SECONDS)
+            try:
+                await self.probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                metrics.LAYER_ERRORS.labels(op="probe").inc()
+                logger.warning("fan-out probe failed", extra={"failures": failures, "error": exc.__class__.__name__})
+                if failures >= WATCHDOG_FAILURES_TO_CLOSE and self.healthy:
+                    self.healthy = False
+                    logger.error("fan-out path lost; closing local sockets", extra={"sockets": len(self.consumers)})
+                    for consumer in list(self.consumers):
+                        consumer.close_with(CLOSE_FANOUT_LOST)
+                continue
+            if failures or not self.healthy:
+                logger.info("fan-out path back", extra={"after_failures": failures})
+                metrics.LAYER_RECONNECTS.inc()
+                await self._refresh_groups()
+                last_refresh = time.monotonic()
+            failures = 0
+            self.healthy = True
+            if time.monotonic() - last_refresh > GROUP_REFRESH_SECONDS:
+                await self._refresh_groups()
+                last_refresh = time.monotonic()
+
+    async def _refresh_groups(self) -> None:
+        """Re-add every group: a Redis that restarted empty forgot them (core layer)."""
+        for group in list(self.groups):
+            try:
+                await asyncio.wait_for(self.layer.group_add(group, self.channel_name), LAYER_OP_TIMEOUT_SECONDS)
+            except Exception:
+                metrics.LAYER_ERRORS.labels(op="group_add").inc()
+                return
+
+    async def _heartbeat_loop(self) -> None:
+        from presence.registry import get_registry
+
+        registry = get_registry()
+        while True:
+            try:
+                rewritten = await registry.heartbeat([c.registry_entry for c in self.consumers if c.registry_entry])
+                if rewritten and self.consumers:
+                    logger.warning("registry entries were missing; re-registered", extra={"count": len(self.consumers)})
+                reaped = await registry.reap_dead()
+                if reaped:
+                    metrics.REGISTRY_REAPS.inc(len(reaped))
+                    logger.info("reaped connections of dead instances", extra={"count": len(reaped)})
+                    await self.on_reaped(reaped)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("registry heartbeat failed", extra={"error": exc.__class__.__name__})
+            await asyncio.sleep(settings.INSTANCE_HEARTBEAT_SECONDS)
+
+    async def on_reaped(self, reaped: list[tuple[str, int]]) -> None:
+        """Hook for presence: users whose connections died with their instance."""
+
+
+hub = Hub()

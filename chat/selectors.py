@@ -1,0 +1,134 @@
+"""Reads. Every selector that touches a conversation checks participation first."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+
+from chatproject.errors import Invalid, NotFound, NotParticipant
+
+from .models import Conversation, Message, Participant
+
+User = get_user_model()
+
+
+def parse_conversation_id(raw: object) -> uuid.UUID:
+    """Conversation ids are opaque to clients; anything that is not one of ours is a 404."""
+    if isinstance(raw, uuid.UUID):
+        return raw
+    try:
+        return uuid.UUID(str(raw))
+    except (ValueError, TypeError, AttributeError):
+        raise NotFound("No such conversation.") from None
+
+
+def conversation_for(*, user_id: int, conversation_id: object) -> Conversation:
+    """The conversation, if it exists (404) and the user takes part in it (403)."""
+    cid = parse_conversation_id(conversation_id)
+    conversation = Conversation.objects.filter(pk=cid).first()
+    if conversation is None:
+        raise NotFound("No such conversation.")
+    if not Participant.objects.filter(conversation_id=cid, user_id=user_id).exists():
+        raise NotParticipant()
+    return conversation
+
+
+def conversations_of(*, user_id: int) -> QuerySet[Conversation]:
+    return (
+        Conversation.objects.filter(participants__user_id=user_id)
+        .prefetch_related("participants__user")
+        .order_by("-last_message_at", "-created_at")
+    )
+
+
+def conversation_ids_of(*, user_id: int) -> list[str]:
+    return [str(c) for c in Participant.objects.filter(user_id=user_id).values_list("conversation_id", flat=True)]
+
+
+def participant_ids(*, conversation_id: object) -> list[int]:
+    return list(Participant.objects.filter(conversation_id=conversation_id).values_list("user_id", flat=True))
+
+
+def contact_ids(*, user_id: int) -> list[int]:
+    """Every user who shares at least one conversation with ``user_id`` (not the user itself)."""
+    mine = Participant.objects.filter(user_id=user_id).values("conversation_id")
+    return list(
+        Participant.objects.filter(conversation_id__in=mine)
+        .exclude(user_id=user_id)
+        .values_list("user_id", flat=True)
+        .distinct()
+    )
+
+
+def shares_conversation(*, user_id: int, other_id: int) -> bool:
+    mine = Participant.objects.filter(user_id=user_id).values("conversation_id")
+    return Participant.objects.filter(conversation_id__in=mine, user_id=other_id).exists()
+
+
+def _seq_param(name: str, value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise Invalid.field(name, "Must be a whole number.") from None
+    if number < 0:
+        raise Invalid.field(name, "Must not be negative.")
+    return number
+
+
+def messages_page(
+    *, user_id: int, conversation_id: object, after_seq: Any = None, before_seq: Any = None, limit: Any = None
+) -> tuple[list[Message], bool]:
+    """Messages in seq order. ``after_seq`` pages forward from a cursor, ``before_seq`` (or
+    neither) pages backward from the newest; ``has_more`` says whether the page was cut."""
+    conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
+    after = _seq_param("after_seq", after_seq)
+    before = _seq_param("before_seq", before_seq)
+    size = _seq_param("limit", limit)
+    size = 50 if size is None else size
+    if not 1 <= size <= settings.MESSAGES_PAGE_MAX:
+        raise Invalid.field("limit", f"Must be between 1 and {settings.MESSAGES_PAGE_MAX}.")
+    qs = Message.objects.filter(conversation=conversation)
+    if before is not None:
+        qs = qs.filter(seq__lt=before)
+    if after is not None:
+        qs = qs.filter(seq__gt=after)
+        rows = list(qs.order_by("seq")[: size + 1])
+        return rows[:size], len(rows) > size
+    rows = list(qs.order_by("-seq")[: size + 1])
+    has_more = len(rows) > size
+    return list(reversed(rows[:size])), has_more
+
+
+def messages_after(*, conversation_id: object, after_seq: int, limit: int) -> list[Message]:
+    """For resume: no participation check here, the caller has done it."""
+    return list(
+        Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).order_by("seq")[:limit]
+    )
+
+
+def read_receipts(*, user_id: int, conversation_id: object) -> list[dict[str, Any]]:
+    conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
+    from .events import iso
+
+    return [
+        {"user_id": p.user_id, "seq": p.last_read_seq, "read_at": iso(p.last_read_at)}
+        for p in Participant.objects.filter(conversation=conversation).order_by("user_id")
+    ]
+
+
+def active_user(*, user_id: Any) -> AbstractBaseUser:
+    try:
+        uid = int(user_id)
+    except (TypeError, ValueError):
+        raise NotFound("No such user.") from None
+    user = User.objects.filter(pk=uid, is_active=True).first()
+    if user is None:
+        raise NotFound("No such user.")
+    return user

@@ -1,0 +1,108 @@
+"""Request shapes (types and presence) and response shapes for the OpenAPI schema.
+
+Limits and rules (body length, who may do what) live in chat/services.py, shared with the
+WebSocket path; these serializers only check that the right fields of the right type came in.
+"""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+
+class LoginIn(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=256, trim_whitespace=False)
+
+
+class UserOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    is_staff = serializers.BooleanField()
+
+
+class TokenOut(serializers.Serializer):
+    token = serializers.CharField()
+    user = UserOut()
+
+
+class TicketOut(serializers.Serializer):
+    ticket = serializers.CharField()
+    expires_in = serializers.IntegerField()
+
+
+class ConversationIn(serializers.Serializer):
+    title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    participant_ids = serializers.ListField(child=serializers.IntegerField(), allow_empty=True)
+
+
+class ParticipantOut(serializers.Serializer):
+    user_id = serializers.IntegerField()
+    username = serializers.CharField()
+    role = serializers.CharField()
+    joined_at = serializers.CharField()
+
+
+class ConversationOut(serializers.Serializer):
+    id = serializers.CharField()
+    title = serializers.CharField()
+    owner_id = serializers.IntegerField(allow_null=True)
+    created_at = serializers.CharField()
+    last_seq = serializers.IntegerField()
+    last_message_at = serializers.CharField(allow_null=True)
+    participants = ParticipantOut(many=True)
+
+
+class ParticipantIn(serializers.Serializer):
+    user_id = serializers.IntegerField()
+
+
+class MessageIn(serializers.Serializer):
+    body = serializers.CharField(trim_whitespace=False)
+    client_msg_id = serializers.CharField(max_length=64, required=False, allow_null=True)
+
+
+class MessageOut(serializers.Serializer):
+    id = serializers.CharField()
+    conversation_id = serializers.CharField()
+    seq = serializers.IntegerField()
+    sender_id = serializers.IntegerField(allow_null=True)
+    body = serializers.CharField()
+    client_msg_id = serializers.CharField(allow_null=True)
+    created_at = serializers.CharField()
+
+
+class MessagePageOut(serializers.Serializer):
+    results = MessageOut(many=True)
+    has_more = serializers.BooleanField()
+
+
+class ReadIn(serializers.Serializer):
+    seq = serializers.IntegerField(min_value=0)
+
+
+class ReadOut(serializers.Serializer):
+    conversation_id = serializers.CharField()
+    user_id = serializers.IntegerField()
+    seq = serializers.IntegerField()
+    read_at = serializers.CharField(allow_null=True)
+
+
+class ReceiptOut(serializers.Serializer):
+    user_id = serializers.IntegerField()
+    seq = serializers.IntegerField()
+    read_at = serializers.CharField(allow_null=True)
+
+
+class ReceiptsOut(serializers.Serializer):
+    receipts = ReceiptOut(many=True)
+
+
+class TypingIn(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["start", "stop"])
+
+
+class ErrorOut(serializers.Serializer):
+    status = serializers.IntegerField()
+    code = serializers.CharField()
+    detail = serializers.CharField()
+    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)

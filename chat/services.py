@@ -1,0 +1,267 @@
+"""Writes. The WebSocket consumer and the DRF views both call these, so the two paths behave
+the same: same validation, same authorization at the time of the action, same events."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from chatproject import metrics, redis_client
+from chatproject.errors import Invalid, NotFound, NotParticipant, PermissionDenied
+
+from . import events
+from .models import Conversation, Message, Participant
+from .ratelimit import check_send_rate
+from .selectors import conversation_for, parse_conversation_id
+
+User = get_user_model()
+
+TYPING_STATES = ("start", "stop")
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message: Message
+    repeat: bool  # True when client_msg_id matched an earlier send: nothing new was stored
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    seq: int
+    read_at: Any
+    changed: bool
+
+
+# --- Conversations and participants ---------------------------------------------------------
+
+
+def _user_ids(raw: Any, field: str) -> list[int]:
+    if not isinstance(raw, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
+        raise Invalid.field(field, "Must be a list of user ids.")
+    if len(raw) > 1000:
+        raise Invalid.field(field, "At most 1000 participants at creation.")
+    ids = list(dict.fromkeys(raw))
+    found = set(User.objects.filter(pk__in=ids, is_active=True).values_list("pk", flat=True))
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise Invalid.field(field, f"Unknown users: {', '.join(map(str, missing))}.")
+    return ids
+
+
+@transaction.atomic
+def conversation_create(*, creator_id: int, title: str = "", participant_ids: Any) -> Conversation:
+    """Create a conversation; the creator is its owner and a participant."""
+    if not isinstance(title, str) or len(title) > 200:
+        raise Invalid.field("title", "Must be a string of at most 200 characters.")
+    ids = [i for i in _user_ids(participant_ids, "participant_ids") if i != creator_id]
+    conversation = Conversation.objects.create(title=title.strip(), owner_id=creator_id)
+    Participant.objects.create(conversation=conversation, user_id=creator_id, role=Participant.Role.OWNER)
+    Participant.objects.bulk_create([Participant(conversation=conversation, user_id=i) for i in ids])
+    conversation = Conversation.objects.prefetch_related("participants__user").get(pk=conversation.pk)
+    for uid in [creator_id, *ids]:
+        events.conversation_joined(conversation=conversation, user_id=uid)
+    return conversation
+
+
+@transaction.atomic
+def participant_add(*, actor_id: int, conversation_id: object, user_id: Any) -> tuple[Participant, bool]:
+    """The owner adds a user; their live sockets start receiving at once (``conversation.joined``).
+    Returns (participant, created); adding an existing participant changes nothing."""
+    conversation = conversation_for(user_id=actor_id, conversation_id=conversation_id)
+    if conversation.owner_id != actor_id:
+        raise PermissionDenied("Only the owner adds participants.")
+    if not isinstance(user_id, int) or isinstance(user_id, bool):
+        raise Invalid.field("user_id", "Must be a user id.")
+    if not User.objects.filter(pk=user_id, is_active=True).exists():
+        raise Invalid.field("user_id", "No such user.")
+    participant, created = Participant.objects.get_or_create(conversation=conversation, user_id=user_id)
+    if created:
+        conversation = Conversation.objects.prefetch_related("participants__user").get(pk=conversation.pk)
+        events.conversation_joined(conversation=conversation, user_id=user_id)
+    return participant, created
+
+
+@transaction.atomic
+def participant_remove(*, actor_id: int, conversation_id: object, user_id: Any) -> None:
+    """The owner removes anyone; anyone may leave. When the owner leaves, the longest-standing
+    remaining participant becomes the owner. The removed user's sockets stop receiving at once."""
+    cid = parse_conversation_id(conversation_id)
+    conversation = Conversation.objects.select_for_update().filter(pk=cid).first()
+    if conversation is None:
+        raise NotFound("No such conversation.")
+    try:
+        target_id = int(user_id)
+    except (TypeError, ValueError):
+        raise NotFound("No such participant.") from None
+    if not Participant.objects.filter(conversation=conversation, user_id=actor_id).exists():
+        raise NotParticipant()
+    if target_id != actor_id and conversation.owner_id != actor_id:
+        raise PermissionDenied("Only the owner removes other participants.")
+    deleted, _ = Participant.objects.filter(conversation=conversation, user_id=target_id).delete()
+    if not deleted:
+        raise NotFound("No such participant.")
+    if conversation.owner_id == target_id:
+        successor = Participant.objects.filter(conversation=conversation).order_by("joined_at", "id").first()
+        conversation.owner_id = successor.user_id if successor else None
+        conversation.save(update_fields=["owner"])
+        if successor:
+            Participant.objects.filter(pk=successor.pk).update(role=Participant.Role.OWNER)
+    events.conversation_left(conversation_id=cid, user_id=target_id)
+
+
+# --- Messages, reads, typing ----------------------------------------------------------------
+
+
+def _validate_body(body: Any) -> str:
+    if not isinstance(body, str):
+        raise Invalid.field("body", "This field is required and must be a string.")
+    if not body.strip():
+        raise Invalid.field("body", "Must not be blank.")
+    if len(body) > settings.MESSAGE_MAX_CHARS:
+        raise Invalid.field("body", f"At most {settings.MESSAGE_MAX_CHARS} characters.")
+    return body
+
+
+def _validate_client_msg_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+        raise Invalid.field("client_msg_id", "Must be a string of 1 to 64 characters.")
+    return value
+
+
+def message_send(*, sender_id: int, conversation_id: object, body: Any, client_msg_id: Any = None) -> SendResult:
+    """Persist a message with the conversation's next gap-free seq, then broadcast it once.
+
+    The message is committed before this returns, so an ack built from the result never
+    acknowledges something a crash could lose. A repeated ``client_msg_id`` from the same
+    sender returns the original, is not stored again and is not broadcast again.
+    """
+    body = _validate_body(body)
+    client_msg_id = _validate_client_msg_id(client_msg_id)
+    cid = parse_conversation_id(conversation_id)
+    if client_msg_id is not None:
+        original = _original(cid, sender_id, client_msg_id)
+        if original is not None:
+            _check_participant(cid, sender_id)
+            return SendResult(original, True)
+    check_send_rate(user_id=sender_id)
+    try:
+        return _send_locked(cid, sender_id, body, client_msg_id)
+    except IntegrityError:
+        # A concurrent send with the same client_msg_id won the race; its transaction rolled
+        # ours back entirely, the seq increment included, so no gap was left.
+        if client_msg_id is not None:
+            original = _original(cid, sender_id, client_msg_id)
+            if original is not None:
+                return SendResult(original, True)
+        raise
+
+
+def _original(cid: object, sender_id: int, client_msg_id: str) -> Message | None:
+    return Message.objects.filter(conversation_id=cid, sender_id=sender_id, client_msg_id=client_msg_id).first()
+
+
+def _check_participant(cid: object, user_id: int) -> None:
+    if not Conversation.objects.filter(pk=cid).exists():
+        raise NotFound("No such conversation.")
+    if not Participant.objects.filter(conversation_id=cid, user_id=user_id).exists():
+        raise NotParticipant()
+
+
+@transaction.atomic
+def _send_locked(cid: object, sender_id: int, body: str, client_msg_id: str | None) -> SendResult:
+    # The row lock on the conversation serialises senders of one conversation (PostgreSQL);
+    # SQLite runs IMMEDIATE transactions, which serialise every writer.
+    conversation = Conversation.objects.select_for_update().only("id", "last_seq").filter(pk=cid).first()
+    if conversation is None:
+        raise NotFound("No such conversation.")
+    if not Participant.objects.filter(conversation_id=cid, user_id=sender_id).exists():
+        raise NotParticipant()
+    if client_msg_id is not None:
+        original = _original(cid, sender_id, client_msg_id)
+        if original is not None:
+            return SendResult(original, True)
+    now = timezone.now()
+    conversation.last_seq += 1
+    conversation.last_message_at = now
+    conversation.save(update_fields=["last_seq", "last_message_at"])
+    message = Message.objects.create(
+        conversation_id=cid,
+        seq=conversation.last_seq,
+        sender_id=sender_id,
+        body=body,
+        client_msg_id=client_msg_id,
+        created_at=now,
+    )
+    metrics.MESSAGES_PERSISTED.inc()
+    events.message_new(message)
+    return SendResult(message, False)
+
+
+@transaction.atomic
+def read_mark(*, user_id: int, conversation_id: object, seq: Any) -> ReadResult:
+    """Move the user's read marker forward; a lower seq than already read changes nothing."""
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise Invalid.field("seq", "Must be a non-negative whole number.")
+    conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
+    if seq > conversation.last_seq:
+        raise Invalid.field("seq", f"Past the last message (seq {conversation.last_seq}).")
+    participant = Participant.objects.select_for_update().get(conversation=conversation, user_id=user_id)
+    if seq <= participant.last_read_seq:
+        return ReadResult(participant.last_read_seq, participant.last_read_at, False)
+    participant.last_read_seq = seq
+    participant.last_read_at = timezone.now()
+    participant.save(update_fields=["last_read_seq", "last_read_at"])
+    events.read(conversation_id=conversation.id, user_id=user_id, seq=seq, read_at=participant.last_read_at)
+    return ReadResult(seq, participant.last_read_at, True)
+
+
+def typing_set(*, user_id: int, conversation_id: object, state: Any) -> bool:
+    """Broadcast a typing state to the other participants. Returns whether it was broadcast:
+    conversations over TYPING_MAX_PARTICIPANTS get none (it would be noise at that size)."""
+    if state not in TYPING_STATES:
+        raise Invalid.field("state", "Must be 'start' or 'stop'.")
+    conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
+    if Participant.objects.filter(conversation=conversation).count() > settings.TYPING_MAX_PARTICIPANTS:
+        return False
+    events.typing(conversation_id=conversation.id, user_id=user_id, state=state)
+    return True
+
+
+# --- WebSocket tickets ----------------------------------------------------------------------
+
+_local_tickets: dict[str, tuple[int, float]] = {}
+
+
+def ws_ticket_issue(*, user_id: int) -> str:
+    """A single-use ticket for ``/ws/chat/?ticket=``, valid WS_TICKET_TTL_SECONDS."""
+    ticket = secrets.token_urlsafe(32)
+    ttl = settings.WS_TICKET_TTL_SECONDS
+    if redis_client.cluster_mode():
+        redis_client.get_sync().set(redis_client.key("ticket", ticket), user_id, ex=ttl)
+    else:
+        now = timezone.now().timestamp()
+        for stale in [k for k, (_, exp) in _local_tickets.items() if exp < now]:
+            _local_tickets.pop(stale, None)
+        _local_tickets[ticket] = (user_id, now + ttl)
+    return ticket
+
+
+def ws_ticket_consume(*, ticket: str) -> int | None:
+    """The user id the ticket was issued to, once; None when unknown, used or expired."""
+    if not ticket or len(ticket) > 128:
+        return None
+    if redis_client.cluster_mode():
+        value = redis_client.get_sync().getdel(redis_client.key("ticket", ticket))
+        return int(value) if value is not None else None
+    entry = _local_tickets.pop(ticket, None)
+    if entry is None or entry[1] < timezone.now().timestamp():
+        return None
+    return entry[0]

@@ -1,0 +1,44 @@
+"""Prometheus metrics of this process (scraped at /metrics, guarded by settings)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Gauge("chat_connections", "Open WebSocket connections on this instance")
+CONNECTS = Counter("chat_connects_total", "WebSocket connections accepted")
+DISCONNECTS = Counter("chat_disconnects_total", "WebSocket connections closed", ["code"])
+FRAMES_IN = Counter("chat_frames_in_total", "Client frames received", ["type"])
+FRAMES_OUT = Counter("chat_frames_out_total", "Frames sent to clients", ["type"])
+MESSAGES_PERSISTED = Counter("chat_messages_persisted_total", "Messages committed to the database")
+FANOUT_LATENCY = Histogram(
+    "chat_fanout_latency_seconds",
+    "From message commit to handing the frame to a local socket",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+ERRORS = Counter("chat_errors_total", "Error replies sent, by code", ["code"])
+RATE_LIMIT_HITS = Counter("chat_rate_limit_hits_total", "Sends refused by the rate limit")
+LAYER_ERRORS = Counter("chat_channel_layer_errors_total", "Channel layer operation failures", ["op"])
+LAYER_RECONNECTS = Counter("chat_channel_layer_reconnects_total", "Fan-out path recoveries")
+REGISTRY_REAPS = Counter("chat_registry_reaped_connections_total", "Connections reaped from dead instances")
+FIRESTORE_QUEUE = Gauge("chat_firestore_queue_length", "Status writes waiting for Firestore")
+FIRESTORE_LAG = Gauge("chat_firestore_lag_seconds", "Age of the oldest status write waiting for Firestore")
+
+
+def observe_fanout(created_at_iso: str) -> None:
+    """Record commit-to-local-delivery latency of one message (once per instance)."""
+    import datetime as dt
+
+    try:
+        created = dt.datetime.fromisoformat(created_at_iso.replace("Z", "+00:00"))
+    except ValueError:
+        return
+    FANOUT_LATENCY.observe(max(0.0, dt.datetime.now(dt.UTC).timestamp() - created.timestamp()))
+
+
+_frames_out_children: dict[str, object] = {}
+
+
+def frame_out(frame_type: str) -> None:
+    """FRAMES_OUT.labels(type).inc() without the label lookup on the per-delivery path."""
+    child = _frames_out_children.get(frame_type)
+    if child is None:
+        child = _frames_out_children[frame_type] = FRAMES_OUT.labels(type=frame_type)
+    child.inc()  # type: ignore[attr-defined]

@@ -1,0 +1,344 @@
+"""Settings for every environment.
+
+The environment is read here and nowhere else. A bad value stops start-up with one line that
+names the variable (``SystemExit``), so an operator sees the cause, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+class _ConfigError(SystemExit):
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"configuration error: {name}: {problem}")
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _ConfigError(name, f"expected a whole number, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise _ConfigError(name, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _ConfigError(name, f"expected a number, got {raw!r}") from None
+    if value < minimum:
+        raise _ConfigError(name, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise _ConfigError(name, f"expected true or false, got {raw!r}")
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def parse_rate(name: str, raw: str) -> tuple[float, int]:
+    """Parse ``"10/s burst 30"`` (also ``/m``) into (tokens per second, burst)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*([sm])\s*(?:burst\s+(\d+))?\s*", raw)
+    if not match:
+        raise _ConfigError(name, f"expected a rate like '10/s burst 30', got {raw!r}")
+    amount = float(match.group(1))
+    per_second = amount if match.group(2) == "s" else amount / 60.0
+    burst = int(match.group(3)) if match.group(3) else max(1, int(amount))
+    if per_second <= 0 or burst < 1:
+        raise _ConfigError(name, "rate and burst must be positive")
+    return per_second, burst
+
+
+def parse_hostports(name: str, raw: str) -> list[tuple[str, int]]:
+    result = []
+    for item in raw.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise _ConfigError(name, f"expected host:port[,host:port], got {item.strip()!r}")
+        result.append((host, int(port)))
+    return result
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.25):
+            return True
+    except OSError:
+        return False
+
+
+# --- Core -----------------------------------------------------------------------------------
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# Development-only default; production.py refuses to start without DJANGO_SECRET_KEY.
+SECRET_KEY = env_str("DJANGO_SECRET_KEY") or "dev-only-insecure-secret-key-change-me"
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTANCE_ID = env_str("INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}"
+if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", INSTANCE_ID):
+    raise _ConfigError("INSTANCE_ID", "use 1-64 letters, digits, '.', '_' or '-'")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "chat",
+    "presence",
+    "health",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatproject.urls"
+WSGI_APPLICATION = "chatproject.wsgi.application"
+ASGI_APPLICATION = "chatproject.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+
+DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+try:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0)
+except Exception as exc:  # dj-database-url raises several types for a bad URL
+    raise _ConfigError("DATABASE_URL", f"not a database URL ({exc.__class__.__name__})") from None
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions take the write lock up front, so concurrent sends queue on the
+    # lock instead of failing with "database is locked" when they upgrade a read lock.
+    _db["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis and the channel layer ------------------------------------------------------------
+
+REDIS_HOST = env_str("REDIS_HOST")
+REDIS_PORT = env_int("REDIS_PORT", 6379, minimum=1)
+REDIS_PASSWORD = env_str("REDIS_PASSWORD")
+REDIS_SSL = env_bool("REDIS_SSL", False)
+REDIS_DB = env_int("REDIS_DB", 0, minimum=0)
+REDIS_SENTINELS = (
+    parse_hostports("REDIS_SENTINELS", env_str("REDIS_SENTINELS")) if env_str("REDIS_SENTINELS") else []
+)
+REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
+REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "chat")
+
+# CHAT_MODE: "auto" (cluster when Redis is configured or answers on localhost:6379), "single"
+# or "cluster". Single mode is one process with an in-process channel layer.
+CHAT_MODE = env_str("CHAT_MODE", "auto").lower()
+if CHAT_MODE not in {"auto", "single", "cluster"}:
+    raise _ConfigError("CHAT_MODE", f"expected auto, single or cluster, got {CHAT_MODE!r}")
+if CHAT_MODE == "auto":
+    if REDIS_HOST or REDIS_SENTINELS:
+        CHAT_MODE = "cluster"
+    else:
+        CHAT_MODE = "cluster" if _port_open("localhost", REDIS_PORT) else "single"
+REDIS_HOST = REDIS_HOST or "localhost"
+
+REDIS = {
+    "host": REDIS_HOST,
+    "port": REDIS_PORT,
+    "password": REDIS_PASSWORD or None,
+    "ssl": REDIS_SSL,
+    "db": REDIS_DB,
+    "sentinels": REDIS_SENTINELS,
+    "sentinel_master": REDIS_SENTINEL_MASTER,
+}
+
+
+def _layer_host() -> dict[str, Any] | str:
+    if REDIS_SENTINELS:
+        return {
+            "sentinels": REDIS_SENTINELS,
+            "master_name": REDIS_SENTINEL_MASTER,
+            "sentinel_kwargs": {"password": REDIS_PASSWORD} if REDIS_PASSWORD else {},
+            "password": REDIS_PASSWORD or None,
+            "db": REDIS_DB,
+        }
+    scheme = "rediss" if REDIS_SSL else "redis"
+    auth = f":{REDIS_PASSWORD}@" if REDIS_PASSWORD else ""
+    return f"{scheme}://{auth}{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+
+
+if CHAT_MODE == "cluster":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [_layer_host()], "prefix": f"{REDIS_KEY_PREFIX}:layer"},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Chat behaviour -------------------------------------------------------------------------
+
+PRESENCE_GRACE_SECONDS = env_float("PRESENCE_GRACE_SECONDS", 10.0)
+INSTANCE_TTL_SECONDS = env_float("INSTANCE_TTL_SECONDS", 15.0, minimum=1.0)
+# The heartbeat is renewed several times per TTL, so one late renewal does not kill an instance.
+INSTANCE_HEARTBEAT_SECONDS = env_float("INSTANCE_HEARTBEAT_SECONDS", INSTANCE_TTL_SECONDS / 3, minimum=0.1)
+WS_HEARTBEAT_INTERVAL_SECONDS = env_int("WS_HEARTBEAT_INTERVAL_SECONDS", 25, minimum=1)
+WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 65536, minimum=1024)
+WS_SEND_QUEUE_FRAMES = env_int("WS_SEND_QUEUE_FRAMES", 1000, minimum=10)
+MESSAGE_MAX_CHARS = env_int("MESSAGE_MAX_CHARS", 4000, minimum=1)
+RATE_LIMIT_MESSAGES = env_str("RATE_LIMIT_MESSAGES", "10/s burst 30")
+RATE_LIMIT_PER_SECOND, RATE_LIMIT_BURST = parse_rate("RATE_LIMIT_MESSAGES", RATE_LIMIT_MESSAGES)
+TYPING_MAX_PARTICIPANTS = env_int("TYPING_MAX_PARTICIPANTS", 100, minimum=0)
+TYPING_EXPIRY_SECONDS = 10
+WS_TICKET_TTL_SECONDS = 60
+MESSAGES_PAGE_MAX = 200
+RESUME_MAX_PER_CONVERSATION = 1000
+
+# --- Firestore ------------------------------------------------------------------------------
+
+FIRESTORE_PROJECT_ID = env_str("FIRESTORE_PROJECT_ID") or env_str("GOOGLE_CLOUD_PROJECT")
+FIRESTORE_EMULATOR_HOST = env_str("FIRESTORE_EMULATOR_HOST")
+FIRESTORE_STATUS_COLLECTION = env_str("FIRESTORE_STATUS_COLLECTION", "user_status")
+
+# --- Metrics --------------------------------------------------------------------------------
+
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+
+# --- Auth, REST framework, OpenAPI ----------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+REST_FRAMEWORK = {
+    # Token first, so an unauthenticated call gets 401 with a WWW-Authenticate header.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "chatproject.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Chat API",
+    "DESCRIPTION": "HTTP API of the chat backend. Every WebSocket action has an endpoint here.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- I18N, static ---------------------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = True
+
+# --- Logging --------------------------------------------------------------------------------
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise _ConfigError("LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {LOG_LEVEL!r}")
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "chatproject.logging.ContextFilter"}},
+    "formatters": {
+        "json": {"()": "chatproject.logging.JsonFormatter"},
+        "plain": {"()": "chatproject.logging.KeyValueFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": sys.stderr,
+            "filters": ["context"],
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "daphne": {"level": "WARNING"},
+        "uvicorn.access": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,278 @@
+"""The connection registry: who is connected, where, since when.
+
+Groups cannot be listed, so this is the truth about connections across instances. Keys (under
+``REDIS_KEY_PREFIX``)::
+
+    {p}:conn:{conn_id}          hash  user_id, instance_id, channel, connected_at, last_seen, addr, ua
+    {p}:user:{user_id}:conns    zset  conn_id -> last_seen
+    {p}:inst:{instance}:conns   set   conn_id
+    {p}:instances               zset  instance_id -> last heartbeat (unix seconds)
+    {p}:inst:{instance}         hash  started_at, host, pid, connections
+
+Each instance renews its heartbeat several times per INSTANCE_TTL_SECONDS. Any living instance
+reaps an instance whose heartbeat is older than the TTL: one Lua script claims it (ZREM) and
+deletes its connections in the same step, so a dead instance is reaped exactly once.
+In single mode (no Redis) the same interface is kept in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from django.conf import settings
+
+from chatproject import redis_client
+from chatproject.redis_client import key
+
+
+@dataclass
+class Connection:
+    connection_id: str
+    user_id: int
+    instance_id: str
+    channel: str
+    connected_at: float
+    last_seen: float
+    remote_addr: str = ""
+    user_agent: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_hash(cls, conn_id: str, data: dict[str, str]) -> Connection:
+        return cls(
+            connection_id=conn_id,
+            user_id=int(data.get("user_id", 0)),
+            instance_id=data.get("instance_id", ""),
+            channel=data.get("channel", ""),
+            connected_at=float(data.get("connected_at", 0)),
+            last_seen=float(data.get("last_seen", 0)),
+            remote_addr=data.get("remote_addr", ""),
+            user_agent=data.get("user_agent", ""),
+        )
+
+
+@dataclass
+class Instance:
+    instance_id: str
+    connections: int
+    last_heartbeat: float
+    alive: bool
+
+
+class Registry(Protocol):
+    async def add(self, conn: Connection) -> None: ...
+    async def remove(self, conn_id: str, user_id: int) -> None: ...
+    async def touch(self, conn_id: str, user_id: int) -> None: ...
+    async def heartbeat(self, local: list[Connection]) -> bool: ...
+    async def deregister_instance(self) -> None: ...
+    async def reap_dead(self) -> list[tuple[str, int]]: ...
+    async def user_connections(self, user_id: int) -> list[Connection]: ...
+    async def all_connections(self) -> list[Connection]: ...
+    async def instances(self) -> list[Instance]: ...
+    async def user_connection_count(self, user_id: int) -> int: ...
+
+
+# KEYS: instances zset. ARGV: prefix, instance id, deadline (score below it means dead).
+# Returns the user ids of the reaped connections, paired with their ids: {conn, user, ...}.
+_REAP_LUA = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if (not score) or tonumber(score) >= tonumber(ARGV[3]) then return {} end
+redis.call('ZREM', KEYS[1], ARGV[2])
+local p = ARGV[1]
+local inst_conns = p .. ':inst:' .. ARGV[2] .. ':conns'
+local out = {}
+for _, cid in ipairs(redis.call('SMEMBERS', inst_conns)) do
+  local ckey = p .. ':conn:' .. cid
+  local uid = redis.call('HGET', ckey, 'user_id')
+  redis.call('DEL', ckey)
+  if uid then
+    redis.call('ZREM', p .. ':user:' .. uid .. ':conns', cid)
+    table.insert(out, cid)
+    table.insert(out, uid)
+  end
+end
+redis.call('DEL', inst_conns, p .. ':inst:' .. ARGV[2])
+return out
+"""
+
+
+class RedisRegistry:
+    def __init__(self) -> None:
+        self.instance_id: str = settings.INSTANCE_ID
+        self.started_at = time.time()
+
+    @property
+    def _r(self) -> Any:
+        return redis_client.get_async()
+
+    async def add(self, conn: Connection) -> None:
+        data = {k: str(v) for k, v in conn.as_dict().items() if k != "connection_id"}
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(key("conn", conn.connection_id), mapping=data)
+            pipe.zadd(key("user", conn.user_id, "conns"), {conn.connection_id: conn.last_seen})
+            pipe.sadd(key("inst", conn.instance_id, "conns"), conn.connection_id)
+            await pipe.execute()
+
+    async def remove(self, conn_id: str, user_id: int) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(key("conn", conn_id))
+            pipe.zrem(key("user", user_id, "conns"), conn_id)
+            pipe.srem(key("inst", self.instance_id, "conns"), conn_id)
+            await pipe.execute()
+
+    async def touch(self, conn_id: str, user_id: int) -> None:
+        now = time.time()
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.hset(key("conn", conn_id), "last_seen", str(now))
+            pipe.zadd(key("user", user_id, "conns"), {conn_id: now}, xx=True)
+            await pipe.execute()
+
+    async def heartbeat(self, local: list[Connection]) -> bool:
+        """Renew this instance's heartbeat. When Redis lost our entry (it restarted empty, or we
+        were reaped after a long stall), write every local connection back. Returns whether it did."""
+        now = time.time()
+        r = self._r
+        present = await r.exists(key("inst", self.instance_id))
+        async with r.pipeline(transaction=True) as pipe:
+            pipe.zadd(key("instances"), {self.instance_id: now})
+            pipe.hset(
+                key("inst", self.instance_id),
+                mapping={
+                    "started_at": str(self.started_at),
+                    "host": socket.gethostname(),
+                    "pid": str(os.getpid()),
+                    "connections": str(len(local)),
+                },
+            )
+            await pipe.execute()
+        if present:
+            return False
+        for conn in local:
+            await self.add(conn)
+        return True
+
+    async def deregister_instance(self) -> None:
+        r = self._r
+        conn_ids = await r.smembers(key("inst", self.instance_id, "conns"))
+        async with r.pipeline(transaction=True) as pipe:
+            for cid in conn_ids:
+                pipe.hget(key("conn", cid), "user_id")
+            users = await pipe.execute() if conn_ids else []
+        async with r.pipeline(transaction=True) as pipe:
+            for cid, uid in zip(conn_ids, users, strict=True):
+                pipe.delete(key("conn", cid))
+                if uid:
+                    pipe.zrem(key("user", uid, "conns"), cid)
+            pipe.delete(key("inst", self.instance_id, "conns"), key("inst", self.instance_id))
+            pipe.zrem(key("instances"), self.instance_id)
+            await pipe.execute()
+
+    async def reap_dead(self) -> list[tuple[str, int]]:
+        deadline = time.time() - settings.INSTANCE_TTL_SECONDS
+        r = self._r
+        dead = await r.zrangebyscore(key("instances"), "-inf", f"({deadline}")
+        reaped: list[tuple[str, int]] = []
+        for instance_id in dead:
+            if instance_id == self.instance_id:
+                continue
+            out = await r.eval(_REAP_LUA, 1, key("instances"), settings.REDIS_KEY_PREFIX, instance_id, deadline)
+            reaped.extend((out[i], int(out[i + 1])) for i in range(0, len(out), 2))
+        return reaped
+
+    async def _load(self, conn_ids: list[str]) -> list[Connection]:
+        if not conn_ids:
+            return []
+        async with self._r.pipeline(transaction=False) as pipe:
+            for cid in conn_ids:
+                pipe.hgetall(key("conn", cid))
+            rows = await pipe.execute()
+        return [Connection.from_hash(cid, row) for cid, row in zip(conn_ids, rows, strict=True) if row]
+
+    async def user_connections(self, user_id: int) -> list[Connection]:
+        return await self._load(list(await self._r.zrange(key("user", user_id, "conns"), 0, -1)))
+
+    async def user_connection_count(self, user_id: int) -> int:
+        return int(await self._r.zcard(key("user", user_id, "conns")))
+
+    async def all_connections(self) -> list[Connection]:
+        conn_ids: list[str] = []
+        for inst in await self._r.zrange(key("instances"), 0, -1):
+            conn_ids.extend(await self._r.smembers(key("inst", inst, "conns")))
+        return await self._load(sorted(conn_ids))
+
+    async def instances(self) -> list[Instance]:
+        now = time.time()
+        result = []
+        for inst, score in await self._r.zrange(key("instances"), 0, -1, withscores=True):
+            count = await self._r.scard(key("inst", inst, "conns"))
+            result.append(
+                Instance(
+                    instance_id=inst,
+                    connections=int(count),
+                    last_heartbeat=float(score),
+                    alive=now - float(score) < settings.INSTANCE_TTL_SECONDS,
+                )
+            )
+        return result
+
+
+class LocalRegistry:
+    """Single mode: one instance, so the registry is this process's memory."""
+
+    def __init__(self) -> None:
+        self.instance_id: str = settings.INSTANCE_ID
+        self.conns: dict[str, Connection] = {}
+        self.last_heartbeat = time.time()
+
+    async def add(self, conn: Connection) -> None:
+        self.conns[conn.connection_id] = conn
+
+    async def remove(self, conn_id: str, user_id: int) -> None:
+        self.conns.pop(conn_id, None)
+
+    async def touch(self, conn_id: str, user_id: int) -> None:
+        if conn_id in self.conns:
+            self.conns[conn_id].last_seen = time.time()
+
+    async def heartbeat(self, local: list[Connection]) -> bool:
+        self.last_heartbeat = time.time()
+        return False
+
+    async def deregister_instance(self) -> None:
+        self.conns.clear()
+
+    async def reap_dead(self) -> list[tuple[str, int]]:
+        return []
+
+    async def user_connections(self, user_id: int) -> list[Connection]:
+        return [c for c in self.conns.values() if c.user_id == user_id]
+
+    async def user_connection_count(self, user_id: int) -> int:
+        return sum(1 for c in self.conns.values() if c.user_id == user_id)
+
+    async def all_connections(self) -> list[Connection]:
+        return sorted(self.conns.values(), key=lambda c: c.connection_id)
+
+    async def instances(self) -> list[Instance]:
+        return [Instance(self.instance_id, len(self.conns), self.last_heartbeat, True)]
+
+
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    global _registry
+    if _registry is None:
+        _registry = RedisRegistry() if redis_client.cluster_mode() else LocalRegistry()
+    return _registry
+
+
+def reset_registry() -> None:
+    global _registry
+    _registry = None

@@ -1,0 +1,36 @@
+"""Loaded with ``-p tests.plugin`` before Django's settings: starts this run's own redis-server
+on a free port and points the settings at it and at a throw-away PostgreSQL database, through
+the same environment variables production uses. Nothing here touches a developer's data."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.servers import RedisServer
+
+_redis: RedisServer | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    global _redis
+    _redis = RedisServer().start()
+    os.environ["REDIS_HOST"] = "127.0.0.1"
+    os.environ["REDIS_PORT"] = str(_redis.port)
+    os.environ.setdefault("CHAT_MODE", "cluster")
+    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    os.environ.setdefault("INSTANCE_ID", f"test-{os.getpid()}")
+    os.environ.setdefault("TEST_DATABASE_NAME", f"test_chat_{os.getpid()}")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _redis is not None:
+        _redis.stop()
+
+
+def session_redis() -> RedisServer:
+    assert _redis is not None
+    return _redis
