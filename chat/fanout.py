@@ -250,25 +250,28 @@ class Hub:
             return
         if kind != "fanout":
             return
+        group: str = message.get("group", "")
         control = message.get("control")
-        if control:
-            await self._apply_control(control)
         frame = message.get("frame")
+        # A join routes the frame to the new member; a leave still tells the leaving member.
+        if control and control.get("op") == "join":
+            await self._apply_control(control)
+        targets = list(self._targets(group)) if frame is not None else []
+        if control and control.get("op") != "join":
+            await self._apply_control(control)
         if frame is None:
             return
-        group: str = message.get("group", "")
         if frame.get("type") == "message.new":
             self._message_new(frame)
             return
         if frame.get("type") == "typing":
             self._typing_timer(frame)
-        targets = self._targets(group)
         if not targets:
             return
         text = encode(frame)
         exclude, only = message.get("exclude_user"), message.get("only_user")
         frame_type = frame.get("type", "")
-        for consumer in list(targets):
+        for consumer in targets:
             if exclude is not None and consumer.user_id == exclude:
                 continue
             if only is not None and consumer.user_id != only:

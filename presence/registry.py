@@ -106,6 +106,7 @@ class RedisRegistry:
     def __init__(self) -> None:
         self.instance_id: str = settings.INSTANCE_ID
         self.started_at = time.time()
+        self.beats = 0
 
     @property
     def _r(self) -> Any:
@@ -151,7 +152,9 @@ class RedisRegistry:
                 },
             )
             await pipe.execute()
-        if present:
+        first, self.beats = self.beats == 0, self.beats + 1
+        if present or first:
+            # On the first beat every local connection was just added one by one.
             return False
         for conn in local:
             await self.add(conn)
