@@ -45,6 +45,7 @@ WATCHDOG_PROBE_TIMEOUT_SECONDS = 2.0
 WATCHDOG_FAILURES_TO_CLOSE = 2
 GROUP_REFRESH_SECONDS = 30.0
 GAP_WAIT_SECONDS = 0.5
+GAP_FETCH_MAX = 500
 LAYER_OP_TIMEOUT_SECONDS = 3.0
 
 CLOSE_FANOUT_LOST = 1011
@@ -351,31 +352,35 @@ class Hub:
                 self.gap_tasks.pop(cid, None)
                 task.cancel()
 
-    async def _fill_gap(self, cid: str) -> None:
-        """A seq is missing: wait briefly for it, then read the missing ones from the database."""
+    async def _fill_gap(self, cid: str, upto: int = 0) -> None:
+        """Seqs are missing: wait briefly for their events, then read them from the database
+        (all of them up to the highest held seq, or up to ``upto`` for a catch-up)."""
         from .events import message_dict
         from .selectors import messages_after
 
         try:
-            await asyncio.sleep(GAP_WAIT_SECONDS)
-            while self.pending.get(cid):
+            if not upto:
+                await asyncio.sleep(GAP_WAIT_SECONDS)
+            while cid in self.by_conv:
                 last = self.conv_seq.get(cid, 0)
-                upto = min(self.pending[cid])
+                held = self.pending.get(cid, {})
+                end = max([upto, *(seq - 1 for seq in held)])
+                if end <= last:
+                    break
                 rows = await database_sync_to_async(messages_after)(
-                    conversation_id=cid, after_seq=last, limit=max(1, upto - last - 1)
+                    conversation_id=cid, after_seq=last, limit=min(end - last, GAP_FETCH_MAX)
                 )
-                held = self.pending.get(cid)
-                if held is None:
-                    return
+                if cid not in self.by_conv:
+                    break
+                held = self.pending[cid]
                 for row in rows:
-                    if row.seq < upto:
-                        frame = {"type": "message.new", "message": message_dict(row)}
-                        held.setdefault(row.seq, (frame, encode(frame)))
-                if not rows or rows[0].seq != last + 1:
-                    # Only when the database is unreachable or the rows were deleted: skip
-                    # forward rather than stall the conversation (clients catch up by resume).
+                    frame = {"type": "message.new", "message": message_dict(row)}
+                    held.setdefault(row.seq, (frame, encode(frame)))
+                if self.conv_seq.get(cid, 0) == last and last + 1 not in held:
+                    # Only when rows were deleted: skip forward rather than stall the
+                    # conversation (clients page over HTTP by seq).
                     logger.warning("seq gap not fillable; skipping", extra={"conversation_id": cid, "seq": last + 1})
-                    self.conv_seq[cid] = min(held) - 1
+                    self.conv_seq[cid] = (min(held) - 1) if held else end
                 self._release_pending(cid)
         except asyncio.CancelledError:
             raise
@@ -450,11 +455,13 @@ class Hub:
                 logger.info("fan-out path back", extra={"after_failures": failures})
                 metrics.LAYER_RECONNECTS.inc()
                 await self._refresh_groups()
+                await self._catch_up()
                 last_refresh = time.monotonic()
             failures = 0
             self.healthy = True
             if time.monotonic() - last_refresh > GROUP_REFRESH_SECONDS:
                 await self._refresh_groups()
+                await self._catch_up()
                 last_refresh = time.monotonic()
 
     async def _refresh_groups(self) -> None:
@@ -465,6 +472,23 @@ class Hub:
             except Exception:
                 metrics.LAYER_ERRORS.labels(op="group_add").inc()
                 return
+
+    async def _catch_up(self) -> None:
+        """Deliver messages that were committed but whose events never arrived (published while
+        the layer was reconnecting): one query for the whole instance, then the gap path."""
+        cids = list(self.by_conv)
+        if not cids:
+            return
+        try:
+            latest = await database_sync_to_async(_latest_seqs)(cids)
+        except Exception as exc:
+            logger.warning("catch-up query failed", extra={"error": exc.__class__.__name__})
+            return
+        for cid, seq in latest.items():
+            if cid in self.by_conv and seq > self.conv_seq.get(cid, 0):
+                logger.info("catching up missed messages", extra={"conversation_id": cid, "upto": seq})
+                if cid not in self.gap_tasks:
+                    self.gap_tasks[cid] = asyncio.get_running_loop().create_task(self._fill_gap(cid, upto=seq))
 
     async def _heartbeat_loop(self) -> None:
         from presence.registry import get_registry
@@ -488,6 +512,12 @@ class Hub:
 
     async def on_reaped(self, reaped: list[tuple[str, int]]) -> None:
         """Hook for presence: users whose connections died with their instance."""
+
+
+def _latest_seqs(cids: list[str]) -> dict[str, int]:
+    from .models import Conversation
+
+    return {str(cid): seq for cid, seq in Conversation.objects.filter(pk__in=cids).values_list("id", "last_seq")}
 
 
 hub = Hub()

@@ -1,1 +1,10 @@
-urlpatterns: list = []
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("me/connections/", views.MyConnectionsView.as_view(), name="my-connections"),
+    path("admin/connections/", views.AdminConnectionsView.as_view(), name="admin-connections"),
+    path("admin/instances/", views.AdminInstancesView.as_view(), name="admin-instances"),
+    path("admin/users/<str:user_id>/disconnect/", views.AdminDisconnectUserView.as_view(), name="admin-disconnect"),
+]

@@ -1,0 +1,43 @@
+"""Connection and operator endpoints. Interfaces only: rules live in services and selectors."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import selectors, services
+
+
+class MyConnectionsView(APIView):
+    @extend_schema(summary="The caller's live connections on every instance")
+    def get(self, request: Request) -> Response:
+        return Response({"results": selectors.user_connections(user_id=request.user.pk)})
+
+
+class AdminConnectionsView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(summary="Every live connection in the cluster (staff)")
+    def get(self, request: Request) -> Response:
+        return Response(selectors.cluster_connections())
+
+
+class AdminInstancesView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(summary="Instances with heartbeat and connection count (staff)")
+    def get(self, request: Request) -> Response:
+        return Response(selectors.instances())
+
+
+class AdminDisconnectUserView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=None, summary="Close a user's sockets on every instance with 4000 (staff)")
+    def post(self, request: Request, user_id: str) -> Response:
+        closed = services.user_disconnect(user_id=user_id)
+        return Response({"closed": closed}, status=status.HTTP_202_ACCEPTED)

@@ -1,0 +1,83 @@
+"""The instance hub keeps seq order per conversation and fills gaps from the database."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.utils import timezone
+
+from chat.events import conversation_group, message_dict
+from chat.fanout import hub
+from chat.models import Conversation, Message
+from tests.chat.wsutil import connect
+from tests.factories import ConversationFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _store(conv, sender, seqs):
+    """Commit messages without publishing their events (as if the events were lost)."""
+    rows = [
+        Message.objects.create(conversation=conv, seq=s, sender=sender, body=f"m{s}", created_at=timezone.now())
+        for s in seqs
+    ]
+    Conversation.objects.filter(pk=conv.pk).update(last_seq=max(seqs))
+    return rows
+
+
+async def _publish(conv, message):
+    frame = {"type": "message.new", "message": message_dict(message)}
+    await get_channel_layer().group_send(
+        conversation_group(conv.id),
+        {"type": "fanout", "group": conversation_group(conv.id), "frame": frame},
+    )
+
+
+@pytest.fixture
+async def pair():
+    alice, bob = await database_sync_to_async(lambda: [UserFactory(), UserFactory()])()
+    conv = await database_sync_to_async(ConversationFactory)(owner=alice, members=[bob])
+    return alice, bob, conv
+
+
+async def _seqs(client, n):
+    return [(await client.expect_type("message.new"))["message"]["seq"] for _ in range(n)]
+
+
+async def test_out_of_order_events_are_delivered_in_seq_order(pair):
+    alice, bob, conv = pair
+    b = await connect(bob)
+    m1, m2, m3 = await database_sync_to_async(_store)(conv, alice, [1, 2, 3])
+    await _publish(conv, m3)
+    await _publish(conv, m1)
+    await _publish(conv, m2)
+    assert await _seqs(b, 3) == [1, 2, 3]
+    assert await b.nothing(0.7)
+    await b.close()
+
+
+async def test_lost_event_is_filled_from_the_database(pair):
+    alice, bob, conv = pair
+    b = await connect(bob)
+    rows = await database_sync_to_async(_store)(conv, alice, [1, 2, 3])
+    await _publish(conv, rows[2])  # the events of 1 and 2 never arrive
+    assert await _seqs(b, 3) == [1, 2, 3]
+    await b.close()
+
+
+async def test_catch_up_delivers_messages_whose_events_never_came(pair):
+    alice, bob, conv = pair
+    b = await connect(bob)
+    await database_sync_to_async(_store)(conv, alice, [1, 2])
+    await hub._catch_up()
+    assert await _seqs(b, 2) == [1, 2]
+    await b.close()
+
+
+async def test_probe_round_trips_through_the_layer(pair):
+    _, bob, _ = pair
+    b = await connect(bob)
+    latency = await hub.probe(timeout=2)
+    assert 0 <= latency < 2
+    await b.close()
