@@ -215,7 +215,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.info("write failed; socket gone", extra={"error": exc.__class__.__name__})
+            logger.info("write failed; socket gone", extra={"error": repr(exc)[:200]})
 
     async def _drain_below(self, size: int) -> None:
         while len(self.queue) > size and self.closing is None:

@@ -126,8 +126,10 @@ class AppServer:
                 str(bindir / "daphne"),
                 "-b", "127.0.0.1",
                 "-p", str(self.port),
-                "--websocket-max-message-size", self.env.get("WS_MAX_FRAME_BYTES", "65536"),
-                "--websocket-max-frame-size", self.env.get("WS_MAX_FRAME_BYTES", "65536"),
+                # A backstop at twice the limit: autobahn drops an oversized frame's connection
+                # without a close frame, so the consumer's own check (1009) must come first.
+                "--websocket-max-message-size", str(2 * int(self.env.get("WS_MAX_FRAME_BYTES", "65536"))),
+                "--websocket-max-frame-size", str(2 * int(self.env.get("WS_MAX_FRAME_BYTES", "65536"))),
                 "chatproject.asgi:application",
             ]
         return [
