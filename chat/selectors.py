@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
+from django.db.models.functions import Coalesce
 
 from chatproject.errors import Invalid, NotFound, NotParticipant
 
@@ -39,10 +40,13 @@ def conversation_for(*, user_id: int, conversation_id: object) -> Conversation:
 
 
 def conversations_of(*, user_id: int) -> QuerySet[Conversation]:
+    """The user's conversations, latest activity first. A conversation without messages counts
+    from its creation; ordering on last_message_at alone puts those first on PostgreSQL, which
+    sorts NULL above every date in a descending order."""
     return (
         Conversation.objects.filter(participants__user_id=user_id)
         .prefetch_related("participants__user")
-        .order_by("-last_message_at", "-created_at")
+        .order_by(Coalesce("last_message_at", "created_at").desc(), "-created_at", "-id")
     )
 
 

@@ -6,7 +6,19 @@ WebSocket path; these serializers only check that the right fields of the right 
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that takes only JSON strings. DRF's own coerces numbers (``123`` -> ``"123"``),
+    which would let the HTTP path store what the same service refuses on the WebSocket path."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
 
 
 class LoginIn(serializers.Serializer):
@@ -31,7 +43,7 @@ class TicketOut(serializers.Serializer):
 
 
 class ConversationIn(serializers.Serializer):
-    title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    title = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
     participant_ids = serializers.ListField(child=serializers.IntegerField(), allow_empty=True)
 
 
@@ -57,8 +69,8 @@ class ParticipantIn(serializers.Serializer):
 
 
 class MessageIn(serializers.Serializer):
-    body = serializers.CharField(trim_whitespace=False)
-    client_msg_id = serializers.CharField(max_length=64, required=False, allow_null=True)
+    body = StrictCharField(trim_whitespace=False)
+    client_msg_id = StrictCharField(max_length=64, required=False, allow_null=True)
 
 
 class MessageOut(serializers.Serializer):

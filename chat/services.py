@@ -95,12 +95,12 @@ def participant_remove(*, actor_id: int, conversation_id: object, user_id: Any) 
     conversation = Conversation.objects.select_for_update().filter(pk=cid).first()
     if conversation is None:
         raise NotFound("No such conversation.")
+    if not Participant.objects.filter(conversation=conversation, user_id=actor_id).exists():
+        raise NotParticipant()
     try:
         target_id = int(user_id)
     except (TypeError, ValueError):
         raise NotFound("No such participant.") from None
-    if not Participant.objects.filter(conversation=conversation, user_id=actor_id).exists():
-        raise NotParticipant()
     if target_id != actor_id and conversation.owner_id != actor_id:
         raise PermissionDenied("Only the owner removes other participants.")
     deleted, _ = Participant.objects.filter(conversation=conversation, user_id=target_id).delete()

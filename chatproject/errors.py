@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from redis import exceptions as redis_exceptions
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -129,6 +130,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
+    elif isinstance(exc, (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError)):
+        # In cluster mode tickets and send buckets live in Redis; without it this instance
+        # cannot do the call. That is a 503 the client retries (elsewhere), not a 500.
+        logger.warning("redis unavailable in %s", context.get("view").__class__.__name__, exc_info=exc)
+        exc = Unavailable()
 
     if isinstance(exc, ApplicationError):
         body = exc.as_dict()
