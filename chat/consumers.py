@@ -24,6 +24,8 @@ from django.conf import settings
 from chatproject import metrics
 from chatproject.errors import ApplicationError, Invalid, RateLimited, internal_error_body
 from chatproject.logging import connection_id_var, user_id_var
+from presence import selectors as presence_selectors
+from presence import services as presence_services
 from presence.registry import Connection, get_registry
 
 from . import selectors, services
@@ -102,28 +104,30 @@ class ChatConsumer(AsyncWebsocketConsumer):
             conversations = await database_sync_to_async(_conversation_seqs)(self.user_id)
             self.conversations = set(conversations)
             self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+            # hello is always the first frame, before any event routed to this socket.
+            self.push(
+                encode(
+                    {
+                        "type": "hello",
+                        "connection_id": self.connection_id,
+                        "instance_id": settings.INSTANCE_ID,
+                        "user": {"id": self.user_id, "username": self.username},
+                        "heartbeat_interval": settings.WS_HEARTBEAT_INTERVAL_SECONDS,
+                    }
+                ),
+                "hello",
+            )
             await hub.register(self, conversations)
             self.registered = True
             self.registry_entry = self._registry_entry()
-            await get_registry().add(self.registry_entry)
+            if await get_registry().add(self.registry_entry):
+                await database_sync_to_async(presence_services.went_online)(user_id=self.user_id)
         except Exception:
             logger.exception("connect failed")
             self.close_with(CLOSE_FANOUT_LOST)
             return
         metrics.CONNECTS.inc()
         logger.info("connected", extra={"auth": self.scope.get("auth_method")})
-        self.push(
-            encode(
-                {
-                    "type": "hello",
-                    "connection_id": self.connection_id,
-                    "instance_id": settings.INSTANCE_ID,
-                    "user": {"id": self.user_id, "username": self.username},
-                    "heartbeat_interval": settings.WS_HEARTBEAT_INTERVAL_SECONDS,
-                }
-            ),
-            "hello",
-        )
 
     async def _refuse(self, code: int) -> None:
         await self.accept()
@@ -349,6 +353,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             resumed[cid] = self.sent_seq.get(cid, after)
         return {"resumed": resumed}
 
+    async def on_status_set(self, data: dict[str, Any]) -> dict[str, Any]:
+        presence = await database_sync_to_async(presence_services.status_set)(
+            user_id=self.user_id, status=data.get("status"), text=data.get("text")
+        )
+        return {"presence": presence}
+
+    async def on_presence_sync(self, data: dict[str, Any]) -> dict[str, Any]:
+        results = await database_sync_to_async(presence_selectors.presence_snapshot)(user_id=self.user_id)
+        return {"results": results}
+
     async def on_ping(self, data: dict[str, Any]) -> None:
         frame: dict[str, Any] = {"type": "pong"}
         if data.get("id") is not None:
@@ -369,5 +383,7 @@ HANDLERS: dict[str, Handler] = {
     "typing": ChatConsumer.on_typing,
     "read": ChatConsumer.on_read,
     "resume": ChatConsumer.on_resume,
+    "status.set": ChatConsumer.on_status_set,
+    "presence.sync": ChatConsumer.on_presence_sync,
     "ping": ChatConsumer.on_ping,
 }

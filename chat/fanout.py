@@ -32,6 +32,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chatproject import metrics
+from presence import firestore
 
 from .events import conversation_group, user_group
 
@@ -47,6 +48,7 @@ GROUP_REFRESH_SECONDS = 30.0
 GAP_WAIT_SECONDS = 0.5
 GAP_FETCH_MAX = 500
 LAYER_OP_TIMEOUT_SECONDS = 3.0
+PRESENCE_POLL_SECONDS = 0.5
 
 CLOSE_FANOUT_LOST = 1011
 CLOSE_SHUTDOWN = 1012
@@ -109,6 +111,8 @@ class Hub:
                 loop.create_task(self._receive_loop(), name="fanout-receive"),
                 loop.create_task(self._watchdog_loop(), name="fanout-watchdog"),
                 loop.create_task(self._heartbeat_loop(), name="registry-heartbeat"),
+                loop.create_task(self._presence_loop(), name="presence-offline"),
+                loop.create_task(firestore.run_sync_loop(), name="firestore-sync"),
             ]
             self._install_sigterm()
             self.started = True
@@ -511,7 +515,25 @@ class Hub:
             await asyncio.sleep(settings.INSTANCE_HEARTBEAT_SECONDS)
 
     async def on_reaped(self, reaped: list[tuple[str, int]]) -> None:
-        """Hook for presence: users whose connections died with their instance."""
+        """Users whose connections died with their instance were scheduled for offline by the
+        reap itself (after the grace period, unless they reconnect); nothing more to do here."""
+
+    async def _presence_loop(self) -> None:
+        """Finish grace periods: any living instance takes users whose grace ended (even when
+        the instance that started it died) and makes them offline."""
+        from presence.registry import get_registry
+        from presence.services import went_offline
+
+        registry = get_registry()
+        while True:
+            await asyncio.sleep(PRESENCE_POLL_SECONDS)
+            try:
+                for user_id in await registry.due_offline():
+                    await database_sync_to_async(went_offline)(user_id=user_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("presence offline round failed", extra={"error": exc.__class__.__name__})
 
 
 def _latest_seqs(cids: list[str]) -> dict[str, int]:

@@ -8,10 +8,17 @@ Groups cannot be listed, so this is the truth about connections across instances
     {p}:inst:{instance}:conns   set   conn_id
     {p}:instances               zset  instance_id -> last heartbeat (unix seconds)
     {p}:inst:{instance}         hash  started_at, host, pid, connections
+    {p}:presence:online         set   user ids shown online (a connection, or within the grace)
+    {p}:presence:pending        zset  user_id -> when to go offline (last connection closed)
 
 Each instance renews its heartbeat several times per INSTANCE_TTL_SECONDS. Any living instance
 reaps an instance whose heartbeat is older than the TTL: one Lua script claims it (ZREM) and
 deletes its connections in the same step, so a dead instance is reaped exactly once.
+
+Presence is derived here, in the same atomic steps: closing a user's last connection (or
+reaping it) schedules the user in ``presence:pending`` for PRESENCE_GRACE_SECONDS later; a new
+connection cancels that. Any living instance takes due users off the set (``due_offline``),
+so the grace period outlives the instance that started it.
 In single mode (no Redis) the same interface is kept in this process.
 """
 
@@ -66,8 +73,10 @@ class Instance:
 
 
 class Registry(Protocol):
-    async def add(self, conn: Connection) -> None: ...
+    async def add(self, conn: Connection) -> bool: ...
     async def remove(self, conn_id: str, user_id: int) -> None: ...
+    async def due_offline(self) -> list[int]: ...
+    async def online_users(self, user_ids: list[int]) -> set[int]: ...
     async def touch(self, conn_id: str, user_id: int) -> None: ...
     async def heartbeat(self, local: list[Connection]) -> bool: ...
     async def deregister_instance(self) -> None: ...
@@ -78,7 +87,8 @@ class Registry(Protocol):
     async def user_connection_count(self, user_id: int) -> int: ...
 
 
-# KEYS: instances zset. ARGV: prefix, instance id, deadline (score below it means dead).
+# KEYS: instances zset. ARGV: prefix, instance id, deadline (score below it means dead),
+# when the users left without a connection go offline.
 # Returns the user ids of the reaped connections, paired with their ids: {conn, user, ...}.
 _REAP_LUA = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
@@ -92,12 +102,51 @@ for _, cid in ipairs(redis.call('SMEMBERS', inst_conns)) do
   local uid = redis.call('HGET', ckey, 'user_id')
   redis.call('DEL', ckey)
   if uid then
-    redis.call('ZREM', p .. ':user:' .. uid .. ':conns', cid)
+    local ukey = p .. ':user:' .. uid .. ':conns'
+    redis.call('ZREM', ukey, cid)
+    if redis.call('ZCARD', ukey) == 0 then
+      redis.call('ZADD', p .. ':presence:pending', ARGV[4], uid)
+    end
     table.insert(out, cid)
     table.insert(out, uid)
   end
 end
 redis.call('DEL', inst_conns, p .. ':inst:' .. ARGV[2])
+return out
+"""
+
+
+# KEYS: conn hash, user conns, instance conns, pending, online.
+# ARGV: conn id, user id, last seen, then the hash's field/value pairs.
+_ADD_LUA = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[2])
+return redis.call('SADD', KEYS[5], ARGV[2])
+"""
+
+# KEYS: conn hash, user conns, instance conns, pending. ARGV: conn id, user id, offline at.
+_REMOVE_LUA = """
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if redis.call('ZCARD', KEYS[2]) == 0 then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+end
+return 1
+"""
+
+# KEYS: pending, online. ARGV: prefix, now. Users whose grace ended with no connection left go
+# offline (returned); users who came back are just taken off the pending set.
+_DUE_LUA = """
+local out = {}
+for _, uid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 500)) do
+  redis.call('ZREM', KEYS[1], uid)
+  if redis.call('ZCARD', ARGV[1] .. ':user:' .. uid .. ':conns') == 0 then
+    if redis.call('SREM', KEYS[2], uid) == 1 then table.insert(out, uid) end
+  end
+end
 return out
 """
 
@@ -112,20 +161,52 @@ class RedisRegistry:
     def _r(self) -> Any:
         return redis_client.get_async()
 
-    async def add(self, conn: Connection) -> None:
-        data = {k: str(v) for k, v in conn.as_dict().items() if k != "connection_id"}
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.hset(key("conn", conn.connection_id), mapping=data)
-            pipe.zadd(key("user", conn.user_id, "conns"), {conn.connection_id: conn.last_seen})
-            pipe.sadd(key("inst", conn.instance_id, "conns"), conn.connection_id)
-            await pipe.execute()
+    async def add(self, conn: Connection) -> bool:
+        """Register a connection. Returns True when the user was not online before."""
+        fields = ["user_id", "instance_id", "channel", "connected_at", "last_seen", "remote_addr", "user_agent"]
+        values = conn.as_dict()
+        mapping: list[str] = []
+        for name in fields:
+            mapping += [name, str(values[name])]
+        added = await self._r.eval(
+            _ADD_LUA,
+            5,
+            key("conn", conn.connection_id),
+            key("user", conn.user_id, "conns"),
+            key("inst", conn.instance_id, "conns"),
+            key("presence", "pending"),
+            key("presence", "online"),
+            conn.connection_id,
+            conn.user_id,
+            conn.last_seen,
+            *mapping,
+        )
+        return bool(int(added))
 
     async def remove(self, conn_id: str, user_id: int) -> None:
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.delete(key("conn", conn_id))
-            pipe.zrem(key("user", user_id, "conns"), conn_id)
-            pipe.srem(key("inst", self.instance_id, "conns"), conn_id)
-            await pipe.execute()
+        await self._r.eval(
+            _REMOVE_LUA,
+            4,
+            key("conn", conn_id),
+            key("user", user_id, "conns"),
+            key("inst", self.instance_id, "conns"),
+            key("presence", "pending"),
+            conn_id,
+            user_id,
+            time.time() + settings.PRESENCE_GRACE_SECONDS,
+        )
+
+    async def due_offline(self) -> list[int]:
+        out = await self._r.eval(
+            _DUE_LUA, 2, key("presence", "pending"), key("presence", "online"), settings.REDIS_KEY_PREFIX, time.time()
+        )
+        return [int(u) for u in out]
+
+    async def online_users(self, user_ids: list[int]) -> set[int]:
+        if not user_ids:
+            return set()
+        flags = await self._r.smismember(key("presence", "online"), [str(u) for u in user_ids])
+        return {u for u, flag in zip(user_ids, flags, strict=True) if flag}
 
     async def touch(self, conn_id: str, user_id: int) -> None:
         now = time.time()
@@ -167,11 +248,10 @@ class RedisRegistry:
             for cid in conn_ids:
                 pipe.hget(key("conn", cid), "user_id")
             users = await pipe.execute() if conn_ids else []
+        for cid, uid in zip(conn_ids, users, strict=True):
+            if uid:
+                await self.remove(cid, int(uid))
         async with r.pipeline(transaction=True) as pipe:
-            for cid, uid in zip(conn_ids, users, strict=True):
-                pipe.delete(key("conn", cid))
-                if uid:
-                    pipe.zrem(key("user", uid, "conns"), cid)
             pipe.delete(key("inst", self.instance_id, "conns"), key("inst", self.instance_id))
             pipe.zrem(key("instances"), self.instance_id)
             await pipe.execute()
@@ -184,7 +264,15 @@ class RedisRegistry:
         for instance_id in dead:
             if instance_id == self.instance_id:
                 continue
-            out = await r.eval(_REAP_LUA, 1, key("instances"), settings.REDIS_KEY_PREFIX, instance_id, deadline)
+            out = await r.eval(
+                _REAP_LUA,
+                1,
+                key("instances"),
+                settings.REDIS_KEY_PREFIX,
+                instance_id,
+                deadline,
+                time.time() + settings.PRESENCE_GRACE_SECONDS,
+            )
             reaped.extend((out[i], int(out[i + 1])) for i in range(0, len(out), 2))
         return reaped
 
@@ -232,12 +320,34 @@ class LocalRegistry:
         self.instance_id: str = settings.INSTANCE_ID
         self.conns: dict[str, Connection] = {}
         self.last_heartbeat = time.time()
+        self.online: set[int] = set()
+        self.pending: dict[int, float] = {}
 
-    async def add(self, conn: Connection) -> None:
+    async def add(self, conn: Connection) -> bool:
         self.conns[conn.connection_id] = conn
+        self.pending.pop(conn.user_id, None)
+        was_online = conn.user_id in self.online
+        self.online.add(conn.user_id)
+        return not was_online
 
     async def remove(self, conn_id: str, user_id: int) -> None:
         self.conns.pop(conn_id, None)
+        if not any(c.user_id == user_id for c in self.conns.values()):
+            self.pending[user_id] = time.time() + settings.PRESENCE_GRACE_SECONDS
+
+    async def due_offline(self) -> list[int]:
+        now = time.time()
+        out = []
+        for uid, when in list(self.pending.items()):
+            if when <= now:
+                del self.pending[uid]
+                if not any(c.user_id == uid for c in self.conns.values()) and uid in self.online:
+                    self.online.discard(uid)
+                    out.append(uid)
+        return out
+
+    async def online_users(self, user_ids: list[int]) -> set[int]:
+        return {u for u in user_ids if u in self.online}
 
     async def touch(self, conn_id: str, user_id: int) -> None:
         if conn_id in self.conns:
@@ -248,7 +358,8 @@ class LocalRegistry:
         return False
 
     async def deregister_instance(self) -> None:
-        self.conns.clear()
+        for conn in list(self.conns.values()):
+            await self.remove(conn.connection_id, conn.user_id)
 
     async def reap_dead(self) -> list[tuple[str, int]]:
         return []

@@ -59,3 +59,31 @@ def cluster_connections() -> dict[str, Any]:
 
 def instances() -> list[dict[str, Any]]:
     return [instance_dict(i) for i in async_to_sync(get_registry().instances)()]
+
+
+def presence_of(*, viewer_id: int, user_id: object, viewer_is_staff: bool = False) -> dict[str, Any]:
+    """A user's presence as the viewer may see it: self, co-participants and staff; else 403."""
+    from chat.selectors import active_user, shares_conversation
+    from chatproject.errors import PermissionDenied
+
+    from .models import UserStatus
+    from .services import presence_view
+
+    user = active_user(user_id=user_id)
+    is_self = user.pk == viewer_id
+    if not (is_self or viewer_is_staff or shares_conversation(user_id=viewer_id, other_id=user.pk)):
+        raise PermissionDenied("You share no conversation with this user.")
+    row = UserStatus.objects.filter(user_id=user.pk).first() or UserStatus(user_id=user.pk)
+    return presence_view(row, public=not is_self)
+
+
+def presence_snapshot(*, user_id: int) -> list[dict[str, Any]]:
+    """The current presence of every user sharing a conversation with ``user_id``."""
+    from chat.selectors import contact_ids
+
+    from .models import UserStatus
+    from .services import presence_view
+
+    ids = sorted(contact_ids(user_id=user_id))
+    rows = {r.user_id: r for r in UserStatus.objects.filter(user_id__in=ids)}
+    return [presence_view(rows.get(uid) or UserStatus(user_id=uid), public=True) for uid in ids]

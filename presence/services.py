@@ -1,15 +1,113 @@
-"""Writes of the presence app: operator actions on connections."""
+"""Writes of the presence app: status changes, online/offline transitions, operator actions.
+
+Every change of a user's presence bumps ``UserStatus.version`` in one transaction, which also
+queues the new state for Firestore (the outbox) and, after commit, sends ``presence`` events:
+the user's own sockets see their real status; everyone sharing a conversation sees the public
+view (``invisible`` and offline users as ``offline``).
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from asgiref.sync import async_to_sync
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from chat import events
-from chat.selectors import active_user
+from chat.selectors import active_user, contact_ids
+from chatproject.errors import Invalid
 
+from .models import StatusOutbox, UserStatus
 from .registry import get_registry
 
+logger = logging.getLogger("presence")
+
 CLOSE_DISCONNECTED_BY_OPERATOR = 4000
+STATUS_TEXT_MAX = 200
+
+
+def presence_view(row: UserStatus, *, public: bool) -> dict[str, Any]:
+    """The ``presence`` frame body of a user, as the user itself (public=False) or others see it."""
+    hidden = not row.online or (public and row.status == UserStatus.Status.INVISIBLE)
+    return {
+        "user_id": row.user_id,
+        "status": "offline" if hidden else row.status,
+        "text": "" if hidden else row.text,
+        "online": not hidden,
+        "last_seen": events.iso(row.last_seen),
+        "version": row.version,
+    }
+
+
+def _row_for_update(user_id: int) -> UserStatus:
+    try:
+        with transaction.atomic():
+            UserStatus.objects.get_or_create(user_id=user_id)
+    except IntegrityError:  # created concurrently
+        pass
+    return UserStatus.objects.select_for_update().get(user_id=user_id)
+
+
+def _publish(row: UserStatus) -> None:
+    public = presence_view(row, public=True)
+    events.presence(user_ids=contact_ids(user_id=row.user_id), frame={"type": "presence", **public})
+    events.presence(user_ids=[row.user_id], frame={"type": "presence", **presence_view(row, public=False)})
+    now = timezone.now()
+    outbox, created = StatusOutbox.objects.get_or_create(
+        user_id=row.user_id,
+        defaults={"version": row.version, "payload": public, "enqueued_at": now, "next_attempt_at": now},
+    )
+    if not created:
+        # Coalesce: only the latest state is sent; the lag counts from the oldest unsent one.
+        outbox.version, outbox.payload, outbox.next_attempt_at, outbox.attempts = row.version, public, now, 0
+        outbox.save(update_fields=["version", "payload", "next_attempt_at", "attempts"])
+
+
+@transaction.atomic
+def status_set(*, user_id: int, status: Any, text: Any = None) -> dict[str, Any]:
+    """Set the chosen status (online, away, busy, invisible) and optional text."""
+    if status not in UserStatus.Status.values:
+        raise Invalid.field("status", f"Must be one of {', '.join(UserStatus.Status.values)}.")
+    if text is not None and (not isinstance(text, str) or len(text) > STATUS_TEXT_MAX):
+        raise Invalid.field("text", f"Must be a string of at most {STATUS_TEXT_MAX} characters.")
+    row = _row_for_update(user_id)
+    new_text = row.text if text is None else text.strip()
+    if (row.status, row.text) != (status, new_text):
+        row.status, row.text = status, new_text
+        row.version += 1
+        row.save(update_fields=["status", "text", "version", "updated_at"])
+        _publish(row)
+    return presence_view(row, public=False)
+
+
+@transaction.atomic
+def went_online(*, user_id: int) -> None:
+    """The user's first connection anywhere (after being offline)."""
+    row = _row_for_update(user_id)
+    if row.online:
+        return
+    row.online = True
+    row.last_seen = timezone.now()
+    row.version += 1
+    row.save(update_fields=["online", "last_seen", "version", "updated_at"])
+    _publish(row)
+
+
+@transaction.atomic
+def went_offline(*, user_id: int) -> None:
+    """The user's grace period ended with no connection left on any instance."""
+    row = _row_for_update(user_id)
+    if not row.online:
+        return
+    if async_to_sync(get_registry().user_connection_count)(user_id) > 0:
+        return  # reconnected while this transition was on its way
+    row.online = False
+    row.last_seen = timezone.now()
+    row.version += 1
+    row.save(update_fields=["online", "last_seen", "version", "updated_at"])
+    _publish(row)
 
 
 def user_disconnect(*, user_id: object, code: int = CLOSE_DISCONNECTED_BY_OPERATOR) -> int:
@@ -18,3 +116,24 @@ def user_disconnect(*, user_id: object, code: int = CLOSE_DISCONNECTED_BY_OPERAT
     count = async_to_sync(get_registry().user_connection_count)(user.pk)
     events.disconnect_user(user_id=user.pk, code=code)
     return int(count)
+
+
+def resync_all() -> int:
+    """Queue every user's current presence for Firestore (``manage.py presence_resync``)."""
+    count = 0
+    for row in UserStatus.objects.all().iterator():
+        with transaction.atomic():
+            public = presence_view(row, public=True)
+            now = timezone.now()
+            StatusOutbox.objects.update_or_create(
+                user_id=row.user_id,
+                defaults={"version": row.version, "payload": public, "next_attempt_at": now, "attempts": 0},
+                create_defaults={
+                    "version": row.version,
+                    "payload": public,
+                    "enqueued_at": now,
+                    "next_attempt_at": now,
+                },
+            )
+        count += 1
+    return count

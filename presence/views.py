@@ -9,7 +9,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from chat.views import parse
+
 from . import selectors, services
+from .serializers import PresenceOut, StatusIn
 
 
 class MyConnectionsView(APIView):
@@ -41,3 +44,24 @@ class AdminDisconnectUserView(APIView):
     def post(self, request: Request, user_id: str) -> Response:
         closed = services.user_disconnect(user_id=user_id)
         return Response({"closed": closed}, status=status.HTTP_202_ACCEPTED)
+
+
+class PresenceListView(APIView):
+    @extend_schema(responses={200: PresenceOut(many=True)}, summary="Presence of everyone sharing a conversation")
+    def get(self, request: Request) -> Response:
+        return Response({"results": selectors.presence_snapshot(user_id=request.user.pk)})
+
+
+class UserStatusView(APIView):
+    @extend_schema(responses={200: PresenceOut}, summary="A user's presence (self, co-participants, staff)")
+    def get(self, request: Request, user_id: str) -> Response:
+        return Response(
+            selectors.presence_of(viewer_id=request.user.pk, user_id=user_id, viewer_is_staff=request.user.is_staff)
+        )
+
+
+class MyStatusView(APIView):
+    @extend_schema(request=StatusIn, responses={200: PresenceOut}, summary="Set my status")
+    def put(self, request: Request) -> Response:
+        data = parse(StatusIn, request.data)
+        return Response(services.status_set(user_id=request.user.pk, status=data["status"], text=data.get("text")))

@@ -76,3 +76,40 @@ def assert_error(response, status: int, code: str) -> dict:
     if status == 400:
         assert isinstance(body["errors"], dict)
     return body
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator_session():
+    from tests.firestore_emulator import FirestoreEmulator
+
+    emulator = FirestoreEmulator().start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def firestore_emulator(firestore_emulator_session, settings):
+    """Firestore sync pointed at the real emulator, wiped before the test."""
+    emulator = firestore_emulator_session
+    if emulator.proc is None or emulator.proc.poll() is not None:
+        emulator.start()
+    emulator.wipe()
+    settings.FIRESTORE_PROJECT_ID = emulator.project
+    settings.FIRESTORE_EMULATOR_HOST = emulator.host
+    yield emulator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_stray_db_sessions(django_db_setup, django_db_blocker):
+    """Server processes and worker threads may still hold a session on the test database at
+    the end of the run; end them so the database can be dropped."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        connection.close()

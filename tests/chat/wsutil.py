@@ -34,7 +34,10 @@ class Client:
     async def recv(self, timeout: float = 3) -> dict[str, Any]:
         if self.backlog:
             return self.backlog.pop(0)
-        out = await self.c.receive_output(timeout)
+        # receive_output() cancels the application on a timeout; wait without that first.
+        if await self.c.receive_nothing(timeout, interval=0.01):
+            raise TimeoutError("no frame")
+        out = await self.c.receive_output(1)
         if out["type"] == "websocket.close":
             return {"type": "__closed__", "code": out.get("code")}
         return json.loads(out["text"])
@@ -59,10 +62,22 @@ class Client:
         rid = frame["id"]
         return await self.expect(lambda f: f.get("id") == rid and f["type"] in ("ack", "error", "pong"), timeout)
 
-    async def nothing(self, timeout: float = 0.3) -> bool:
-        if self.backlog:
-            return False
-        return await self.c.receive_nothing(timeout)
+    async def nothing(self, timeout: float = 0.3, ignore: tuple[str, ...] = ("presence",)) -> bool:
+        """True when no frame (other than the ignored types) arrives within ``timeout``."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen = [f for f in self.backlog if f.get("type") not in ignore]
+        while not seen and (remaining := deadline - loop.time()) > 0:
+            try:
+                frame = await self.recv(remaining)
+            except TimeoutError:
+                break
+            self.backlog.append(frame)
+            if frame.get("type") not in ignore:
+                seen.append(frame)
+        return not seen
 
     async def close(self) -> None:
         await self.c.disconnect()

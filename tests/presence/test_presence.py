@@ -1,0 +1,154 @@
+"""Presence: multi-device, grace period, versions, privacy, status (in process, real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+
+from presence.models import UserStatus
+from tests.chat.wsutil import connect
+from tests.conftest import assert_error, client_for
+from tests.factories import ConversationFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def trio(settings):
+    settings.PRESENCE_GRACE_SECONDS = 0.8
+    alice, bob, eve = await database_sync_to_async(lambda: [UserFactory() for _ in range(3)])()
+    await database_sync_to_async(ConversationFactory)(owner=alice, members=[bob])
+    return alice, bob, eve
+
+
+async def presence_frames(client, seconds: float, user_id: int) -> list[dict]:
+    """Every presence frame about ``user_id`` arriving within ``seconds``."""
+    frames = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            frame = await of(client, user_id, timeout=remaining)
+        except TimeoutError:
+            break
+        frames.append(frame)
+    return frames
+
+
+async def of(client, user_id: int, timeout: float = 3) -> dict:
+    """The next presence frame about ``user_id``."""
+    return await client.expect(lambda f: f["type"] == "presence" and f["user_id"] == user_id, timeout)
+
+
+async def test_contact_sees_online_then_offline_after_grace_not_before(trio):
+    alice, bob, _ = trio
+    b = await connect(bob)
+    a = await connect(alice)
+    online = await of(b, alice.pk)
+    assert online["user_id"] == alice.pk
+    assert (online["status"], online["online"]) == ("online", True)
+    assert set(online) == {"type", "user_id", "status", "text", "online", "last_seen", "version"}
+    await a.close()
+    assert await presence_frames(b, 0.4, alice.pk) == []  # still within the grace period
+    offline = await of(b, alice.pk, timeout=3)
+    assert (offline["user_id"], offline["status"], offline["online"]) == (alice.pk, "offline", False)
+    assert offline["version"] > online["version"]
+    assert offline["last_seen"]
+    await b.close()
+
+
+async def test_closing_one_of_two_devices_keeps_the_user_online(trio):
+    alice, bob, _ = trio
+    b = await connect(bob)
+    a1 = await connect(alice)
+    await of(b, alice.pk)
+    a2 = await connect(alice)
+    await a1.close()
+    assert await presence_frames(b, 1.5, alice.pk) == []
+    await a2.close()
+    assert (await of(b, alice.pk, timeout=3))["online"] is False
+    await b.close()
+
+
+async def test_reconnect_within_grace_broadcasts_nothing(trio):
+    alice, bob, _ = trio
+    b = await connect(bob)
+    a = await connect(alice)
+    await of(b, alice.pk)
+    await a.close()
+    await asyncio.sleep(0.3)
+    a = await connect(alice)
+    assert await presence_frames(b, 1.5, alice.pk) == []
+    await a.close()
+    await b.close()
+
+
+async def test_stranger_gets_no_presence_and_403(trio):
+    alice, bob, eve = trio
+    e = await connect(eve)
+    a = await connect(alice)
+    await a.request({"type": "status.set", "id": "s", "status": "busy", "text": "meeting"})
+    assert await presence_frames(e, 1.0, alice.pk) == []
+
+    def get_status():
+        return client_for(eve).get(f"/api/users/{alice.pk}/status/")
+
+    assert_error(await database_sync_to_async(get_status)(), 403, "permission_denied")
+    await a.close()
+    await e.close()
+
+
+async def test_status_set_broadcasts_with_growing_version_and_invisible_shows_offline(trio):
+    alice, bob, _ = trio
+    b = await connect(bob)
+    a = await connect(alice)
+    first = await of(b, alice.pk)
+    ack = await a.request({"type": "status.set", "id": "1", "status": "busy", "text": "in a meeting"})
+    assert ack["presence"]["status"] == "busy"
+    busy = await of(b, alice.pk)
+    assert (busy["status"], busy["text"], busy["online"]) == ("busy", "in a meeting", True)
+    assert busy["version"] > first["version"]
+    await a.request({"type": "status.set", "id": "2", "status": "invisible"})
+    hidden = await of(b, alice.pk)
+    assert (hidden["status"], hidden["online"], hidden["text"]) == ("offline", False, "")
+    assert hidden["version"] > busy["version"]
+    own = await a.expect(lambda f: f["type"] == "presence" and f["version"] == hidden["version"])
+    assert own["status"] == "invisible"
+    err = await a.request({"type": "status.set", "id": "3", "status": "sleeping"})
+    assert (err["status"], err["code"]) == (400, "invalid")
+    await a.close()
+    await b.close()
+
+
+async def test_snapshot_over_socket_and_http(trio):
+    alice, bob, eve = trio
+    a = await connect(alice)
+    b = await connect(bob)
+    await a.request({"type": "status.set", "id": "1", "status": "away"})
+    ack = await b.request({"type": "presence.sync", "id": "p"})
+    assert [(p["user_id"], p["status"], p["online"]) for p in ack["results"]] == [(alice.pk, "away", True)]
+
+    def http():
+        return client_for(bob).get("/api/presence/").json()
+
+    body = await database_sync_to_async(http)()
+    assert body["results"] == ack["results"]
+    await a.close()
+    await b.close()
+
+
+def test_status_endpoints(db, user, other_user, staff_user):
+    ConversationFactory(owner=user, members=[other_user])
+    stranger = UserFactory()
+    r = client_for(user).put("/api/me/status/", {"status": "away", "text": "lunch"}, format="json")
+    assert r.status_code == 200
+    assert r.json()["status"] == "offline"  # no live connection: shown offline even to itself
+    assert UserStatus.objects.get(user=user).status == "away"
+    assert client_for(other_user).get(f"/api/users/{user.pk}/status/").status_code == 200
+    assert client_for(staff_user).get(f"/api/users/{user.pk}/status/").status_code == 200
+    assert_error(client_for(stranger).get(f"/api/users/{user.pk}/status/"), 403, "permission_denied")
+    assert_error(client_for(user).get("/api/users/999999/status/"), 404, "not_found")
+    assert_error(client_for(user).put("/api/me/status/", {"status": "nap"}, format="json"), 400, "invalid")
+    assert_error(client_for(user).put("/api/me/status/", {"text": "x"}, format="json"), 400, "invalid")
