@@ -142,7 +142,7 @@ async def test_idempotent_send_is_broadcast_once(trio):
     assert second["message"]["id"] == first["message"]["id"]
     assert second["repeat"] is True
     await b.expect_type("message.new")
-    assert await b.nothing(0.5)
+    assert await b.nothing(0.5), b.backlog
     await a.close()
     await b.close()
 
