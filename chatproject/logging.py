@@ -7,14 +7,25 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import re
 from typing import Any
 
 connection_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("connection_id", default=None)
 user_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("user_id", default=None)
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# Also uvicorn's ``color_message``: the same text with terminal colour codes.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
 # Never written to a log line, whatever a caller passes in `extra`.
 _SECRET_KEYS = {"token", "ticket", "password", "body", "authorization", "cookie"}
+# Credentials inside text: a query string (uvicorn logs the handshake's ``?ticket=``) or an
+# Authorization header value quoted in a message.
+_SECRET_PARAM = re.compile(r"(?i)(\b(?:ticket|token|access_token|password|api_key|key)=)[^&\s\"']+")
+_SECRET_SCHEME = re.compile(r"(\b(?:Token|Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact(text: str) -> str:
+    """Mask credentials that a third-party log message may carry."""
+    return _SECRET_SCHEME.sub(r"\1[redacted]", _SECRET_PARAM.sub(r"\1[redacted]", text))
 
 
 class ContextFilter(logging.Filter):
@@ -34,16 +45,19 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
         "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(timespec="milliseconds"),
         "level": record.levelname,
         "logger": record.name,
-        "msg": record.getMessage(),
+        "msg": redact(record.getMessage()),
     }
     for key, value in record.__dict__.items():
         if key in _STANDARD or key.startswith("_") or key.lower() in _SECRET_KEYS:
             continue
         if value is None:
             continue
-        out[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+        if isinstance(value, (int, float, bool)):
+            out[key] = value
+        else:
+            out[key] = redact(value if isinstance(value, str) else str(value))
     if record.exc_info:
-        out["exc"] = logging.Formatter().formatException(record.exc_info)
+        out["exc"] = redact(logging.Formatter().formatException(record.exc_info))
     return out
 
 

@@ -17,6 +17,11 @@ ERRORS = Counter("chat_errors_total", "Error replies sent, by code", ["code"])
 RATE_LIMIT_HITS = Counter("chat_rate_limit_hits_total", "Sends refused by the rate limit")
 LAYER_ERRORS = Counter("chat_channel_layer_errors_total", "Channel layer operation failures", ["op"])
 LAYER_RECONNECTS = Counter("chat_channel_layer_reconnects_total", "Fan-out path recoveries")
+HEALTH_CHECK_FAILURES = Counter(
+    "chat_health_check_failures_total",
+    "Failed /api/health checks, by service (database, redis, channel_layer, firestore)",
+    ["service"],
+)
 REGISTRY_REAPS = Counter("chat_registry_reaped_connections_total", "Connections reaped from dead instances")
 FIRESTORE_QUEUE = Gauge("chat_firestore_queue_length", "Status writes waiting for Firestore")
 FIRESTORE_LAG = Gauge("chat_firestore_lag_seconds", "Age of the oldest status write waiting for Firestore")

@@ -7,17 +7,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 
-from chatproject import redis_client
+from chatproject import metrics, redis_client
 
 logger = logging.getLogger("health")
 
 CHECK_TIMEOUT_SECONDS = 1.5
+
+# The database ping blocks a thread. Its own two threads, so a hung database ties up at most
+# these (until the driver's connect_timeout) instead of the loop's default executor, which also
+# resolves host names for Redis connections; a ping queued behind them is cancelled by the
+# timeout before it starts.
+_db_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-db")
 
 
 def _db_ping() -> None:
@@ -31,7 +37,7 @@ def _db_ping() -> None:
 
 
 async def check_database() -> None:
-    await sync_to_async(_db_ping, thread_sensitive=False)()
+    await asyncio.get_running_loop().run_in_executor(_db_executor, _db_ping)
 
 
 async def check_redis() -> None:
@@ -64,6 +70,7 @@ async def timed(name: str, check: Callable[[], Awaitable[None]]) -> dict[str, An
     if error:
         # The exception class only: messages may carry hostnames or credentials.
         result["error"] = error
+        metrics.HEALTH_CHECK_FAILURES.labels(service=name).inc()
         logger.warning("health check failed", extra={"service": name, "error": error})
     return result
 

@@ -55,5 +55,7 @@ def _metrics_allowed(request: HttpRequest) -> bool:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     if not _metrics_allowed(request):
-        return JsonResponse({"status": 403, "code": "permission_denied", "detail": "Metrics are not public."}, status=403)
+        return JsonResponse(
+            {"status": 403, "code": "permission_denied", "detail": "Metrics are not public."}, status=403
+        )
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

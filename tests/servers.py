@@ -243,3 +243,61 @@ http {{
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.proc = None
+
+
+class SilentListener:
+    """A TCP port that accepts connections and never sends a byte: stands in for a database or a
+    Redis that hangs (the handshake completes, no reply ever comes)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name=f"silent-{self.port}", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(conn)  # held open, never read from or written to
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening (connections are refused)."""
+    return free_port()
+
+
+def start_all(servers: list[AppServer]) -> list[AppServer]:
+    """Start several instances at once: each spends a few seconds importing Django."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(servers))) as pool:
+        list(pool.map(lambda s: s.start(), servers))
+    return servers
+
+
+def stop_all(servers: list[AppServer]) -> None:
+    """Stop several instances at once (each may take seconds to leave a hung Redis)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(servers))) as pool:
+        list(pool.map(lambda s: s.stop(), servers))

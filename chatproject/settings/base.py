@@ -176,6 +176,10 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    # libpq waits forever for a server that accepts and never answers; fail the request instead
+    # (a connect_timeout in DATABASE_URL's query string wins).
+    _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -340,5 +344,8 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
         "daphne": {"level": "WARNING"},
         "uvicorn.access": {"level": "WARNING"},
+        # uvicorn's own lines (start-up, WebSocket handshakes with their query string) in the
+        # same format and through the same redaction as ours.
+        "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
     },
 }
