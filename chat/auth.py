@@ -13,12 +13,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from channels.auth import get_user
-from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator
 from channels.sessions import SessionMiddlewareStack
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import is_same_domain
+
+from chatproject.db import db_call
 
 
 class OptionalOriginValidator(OriginValidator):
@@ -87,13 +88,13 @@ async def authenticate_scope(scope: dict[str, Any]) -> tuple[Any, str]:
     if authorization:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() == "token" and key.strip():
-            user = await database_sync_to_async(_user_for_token)(key.strip())
+            user = await db_call(_user_for_token)(key.strip())
             return (user or AnonymousUser()), "token"
         return AnonymousUser(), "token"
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     tickets = query.get("ticket")
     if tickets:
-        user = await database_sync_to_async(_user_for_ticket)(tickets[0])
+        user = await db_call(_user_for_ticket)(tickets[0])
         return (user or AnonymousUser()), "ticket"
     if scope.get("origin_allowed") and "session" in scope:
         return await get_user(scope), "session"

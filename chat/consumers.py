@@ -17,11 +17,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from chatproject import metrics
+from chatproject.db import db_call
 from chatproject.errors import ApplicationError, Invalid, RateLimited, internal_error_body
 from chatproject.logging import connection_id_var, user_id_var
 from presence import selectors as presence_selectors
@@ -101,7 +101,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         await self.accept()
         try:
-            conversations = await database_sync_to_async(_conversation_seqs)(self.user_id)
+            conversations = await db_call(_conversation_seqs)(self.user_id)
             self.conversations = set(conversations)
             self.writer = asyncio.get_running_loop().create_task(self._write_loop())
             # hello is always the first frame, before any event routed to this socket.
@@ -121,7 +121,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.registered = True
             self.registry_entry = self._registry_entry()
             if await get_registry().add(self.registry_entry):
-                await database_sync_to_async(presence_services.went_online)(user_id=self.user_id)
+                await db_call(presence_services.went_online)(user_id=self.user_id)
         except Exception:
             logger.exception("connect failed")
             self.close_with(CLOSE_FANOUT_LOST)
@@ -296,7 +296,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- handlers -------------------------------------------------------------------------------
 
     async def on_message_send(self, data: dict[str, Any]) -> dict[str, Any]:
-        result = await database_sync_to_async(services.message_send)(
+        result = await db_call(services.message_send)(
             sender_id=self.user_id,
             conversation_id=_required(data, "conversation_id"),
             body=data.get("body"),
@@ -305,14 +305,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return {"message": message_dict(result.message), "repeat": result.repeat}
 
     async def on_typing(self, data: dict[str, Any]) -> dict[str, Any]:
-        broadcast = await database_sync_to_async(services.typing_set)(
+        broadcast = await db_call(services.typing_set)(
             user_id=self.user_id, conversation_id=_required(data, "conversation_id"), state=data.get("state")
         )
         return {"broadcast": broadcast}
 
     async def on_read(self, data: dict[str, Any]) -> dict[str, Any]:
         cid = _required(data, "conversation_id")
-        result = await database_sync_to_async(services.read_mark)(
+        result = await db_call(services.read_mark)(
             user_id=self.user_id, conversation_id=cid, seq=data.get("seq")
         )
         return {"conversation_id": str(cid), "seq": result.seq, "read_at": iso(result.read_at)}
@@ -330,10 +330,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         resumed: dict[str, int] = {}
         for cid, after in parsed.items():
             # Participation is checked now, at the time of the action.
-            await database_sync_to_async(selectors.conversation_for)(user_id=self.user_id, conversation_id=cid)
+            await db_call(selectors.conversation_for)(user_id=self.user_id, conversation_id=cid)
             self.resuming[cid] = []
             try:
-                rows = await database_sync_to_async(selectors.messages_after)(
+                rows = await db_call(selectors.messages_after)(
                     conversation_id=cid, after_seq=after, limit=limit + 1
                 )
                 last = after
@@ -354,13 +354,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return {"resumed": resumed}
 
     async def on_status_set(self, data: dict[str, Any]) -> dict[str, Any]:
-        presence = await database_sync_to_async(presence_services.status_set)(
+        presence = await db_call(presence_services.status_set)(
             user_id=self.user_id, status=data.get("status"), text=data.get("text")
         )
         return {"presence": presence}
 
     async def on_presence_sync(self, data: dict[str, Any]) -> dict[str, Any]:
-        results = await database_sync_to_async(presence_selectors.presence_snapshot)(user_id=self.user_id)
+        results = await db_call(presence_selectors.presence_snapshot)(user_id=self.user_id)
         return {"results": results}
 
     async def on_ping(self, data: dict[str, Any]) -> None:

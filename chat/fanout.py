@@ -27,11 +27,11 @@ import uuid
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chatproject import metrics
+from chatproject.db import db_call
 from presence import firestore
 
 from .events import conversation_group, user_group
@@ -371,7 +371,7 @@ class Hub:
                 end = max([upto, *(seq - 1 for seq in held)])
                 if end <= last:
                     break
-                rows = await database_sync_to_async(messages_after)(
+                rows = await db_call(messages_after)(
                     conversation_id=cid, after_seq=last, limit=min(end - last, GAP_FETCH_MAX)
                 )
                 if cid not in self.by_conv:
@@ -484,7 +484,7 @@ class Hub:
         if not cids:
             return
         try:
-            latest = await database_sync_to_async(_latest_seqs)(cids)
+            latest = await db_call(_latest_seqs)(cids)
         except Exception as exc:
             logger.warning("catch-up query failed", extra={"error": exc.__class__.__name__})
             return
@@ -529,7 +529,7 @@ class Hub:
             await asyncio.sleep(PRESENCE_POLL_SECONDS)
             try:
                 for user_id in await registry.due_offline():
-                    await database_sync_to_async(went_offline)(user_id=user_id)
+                    await db_call(went_offline)(user_id=user_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -14,17 +14,16 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Min
 from django.utils import timezone
 
 from chatproject import metrics
+from chatproject.db import db_call
 
 logger = logging.getLogger("presence.firestore")
 
@@ -37,7 +36,6 @@ IDLE_POLL_SECONDS = 0.5
 _client: Any = None
 _client_key: tuple[str, str] | None = None
 _client_lock = threading.Lock()
-_last_failure: float = 0.0
 
 
 def enabled() -> bool:
@@ -58,6 +56,19 @@ def get_client() -> Any:
             _client = firestore.Client(project=settings.FIRESTORE_PROJECT_ID)
             _client_key = wanted
         return _client
+
+
+def reset_client() -> None:
+    """Forget the client after a failure: gRPC keeps a failed channel in reconnect backoff
+    (growing to minutes), so a fresh one reconnects as soon as Firestore is back."""
+    global _client, _client_key
+    with _client_lock:
+        old, _client, _client_key = _client, None, None
+    if old is not None:
+        try:
+            old.close()
+        except Exception:  # closing a broken channel may fail too; nothing to do about it
+            logger.debug("closing the Firestore client failed")
 
 
 def _doc(user_id: int) -> Any:
@@ -97,7 +108,6 @@ def sync_due(limit: int = BATCH) -> int:
     """Send due outbox rows to Firestore. Returns how many rows were attempted."""
     from .models import StatusOutbox
 
-    global _last_failure
     now = timezone.now()
     with transaction.atomic():
         rows = list(
@@ -113,7 +123,7 @@ def sync_due(limit: int = BATCH) -> int:
         try:
             write_status(user_id=row.user_id, version=row.version, payload=row.payload)
         except Exception as exc:
-            _last_failure = time.monotonic()
+            reset_client()
             attempts = row.attempts + 1
             delay = min(MAX_BACKOFF_SECONDS, 0.5 * (2 ** min(attempts, 10)))
             StatusOutbox.objects.filter(pk=row.pk, version=row.version).update(
@@ -145,7 +155,7 @@ async def run_sync_loop() -> None:
     """Drain the outbox forever (one per instance; rows are leased, so instances share)."""
     while True:
         try:
-            attempted = await database_sync_to_async(sync_due)() if enabled() else 0
+            attempted = await db_call(sync_due)() if enabled() else 0
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -155,7 +165,11 @@ async def run_sync_loop() -> None:
 
 
 def _probe() -> None:
-    _doc(0).get(retry=None, timeout=CALL_TIMEOUT_SECONDS)
+    try:
+        _doc(0).get(retry=None, timeout=CALL_TIMEOUT_SECONDS)
+    except Exception:
+        reset_client()
+        raise
 
 
 async def check() -> None:
