@@ -21,7 +21,9 @@ from tests.factories import ConversationFactory, UserFactory
 from tests.integration.conftest import open_ws, start_cluster
 from tests.servers import AppServer, start_all, stop_all
 
-pytestmark = pytest.mark.integration
+# One database mode for the whole module: pytest-django runs tests grouped by mode, which would
+# otherwise split the module and start its servers twice.
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "pw-Lg7-correct-horse"
 WRONG_PASSWORD = "pw-Lg7-wrong-guess"

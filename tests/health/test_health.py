@@ -17,7 +17,9 @@ from tests.health.conftest import Reply, get
 from tests.integration.conftest import database_url, open_ws, token
 from tests.servers import AppServer, RedisServer, SilentListener, app_env, closed_port, start_all, stop_all
 
-pytestmark = pytest.mark.integration
+# One database mode for the whole module: pytest-django runs tests grouped by mode, which would
+# otherwise split the module and start its servers twice.
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 # The contract's bound is 2 s; the margin absorbs a loaded test machine.
 BOUND_SECONDS = 3.5

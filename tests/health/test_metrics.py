@@ -14,7 +14,9 @@ from tests.health.conftest import get
 from tests.integration.conftest import open_ws, start_cluster, token
 from tests.servers import AppServer, app_env, start_all, stop_all
 
-pytestmark = pytest.mark.integration
+# One database mode for the whole module: pytest-django runs tests grouped by mode, which would
+# otherwise split the module and start its servers twice.
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 METRICS_TOKEN = "scrape-Xk2-token"
 

@@ -17,7 +17,9 @@ import pytest
 from tests.integration.conftest import open_ws, start_cluster, token
 from tests.servers import ROOT, AppServer, app_env
 
-pytestmark = pytest.mark.integration
+# One database mode for the whole module: pytest-django runs tests grouped by mode, which would
+# otherwise split the module and start its servers twice.
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 # The cluster's own reaping waits a long TTL, so dead instances are left for the command.
 CLUSTER_TTL = "60"
@@ -167,7 +169,8 @@ async def test_reap_connections_reaps_dead_instances_now_and_spares_live_ones(cl
 
 def test_commands_refuse_single_mode_with_one_line(tmp_path):
     env = app_env(CHAT_MODE="single", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    for result in manage_all(env, ("chat_stats",), ("reap_connections",), ("disconnect_user", "x")):
+    # Each command starts with the same guard; one that reads and one that acts.
+    for result in manage_all(env, ("chat_stats",), ("disconnect_user", "x")):
         assert result.returncode == 1
         assert result.stderr.strip().startswith("CommandError: single mode:")
         assert "Traceback" not in result.stderr
