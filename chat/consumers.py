@@ -75,6 +75,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.resuming: dict[str, list[tuple[int, str]]] = {}
         self.queue: deque[str] = deque()
         self.wakeup = asyncio.Event()
+        self.drained = asyncio.Event()
+        self.drain_mark = 0
         self.closing: int | None = None
         self.registered = False
         self.strikes: deque[float] = deque()
@@ -164,11 +166,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await get_registry().remove(self.connection_id, self.user_id)
             except Exception as exc:
                 logger.warning("registry removal failed", extra={"error": exc.__class__.__name__})
-            metrics.DISCONNECTS.labels(code=str(self.closing or code)).inc()
-            logger.info(
-                "disconnected",
-                extra={"close_code": self.closing or code, "duration_s": round(time.monotonic() - self.connected_at, 3)},
-            )
+            close_code = self.closing or code
+            metrics.DISCONNECTS.labels(code=str(close_code)).inc()
+            duration = round(time.monotonic() - self.connected_at, 3)
+            logger.info("disconnected", extra={"close_code": close_code, "duration_s": duration})
         await super().websocket_disconnect(message)
 
     # --- outgoing -------------------------------------------------------------------------------
@@ -203,6 +204,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.closing = code
         self.queue.clear()
         self.wakeup.set()
+        self.drained.set()
         if self.writer is None:
             asyncio.get_running_loop().create_task(self.close(code=code))
 
@@ -213,6 +215,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 self.wakeup.clear()
                 while self.queue and self.closing is None:
                     await self.send(text_data=self.queue.popleft())
+                    if len(self.queue) <= self.drain_mark:
+                        self.drained.set()
                 if self.closing is not None:
                     await self.close(code=self.closing)
                     return
@@ -222,8 +226,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.info("write failed; socket gone", extra={"error": repr(exc)[:200]})
 
     async def _drain_below(self, size: int) -> None:
+        """Wait until the writer has sent all but ``size`` queued frames (resume pacing)."""
+        self.drain_mark = size
         while len(self.queue) > size and self.closing is None:
-            await asyncio.sleep(0.005)
+            self.drained.clear()
+            await self.drained.wait()
 
     def reply(self, frame: dict[str, Any]) -> None:
         self.push(encode(frame), frame["type"])

@@ -55,7 +55,8 @@ class Message(models.Model):
     seq = models.PositiveBigIntegerField()
     sender = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     body = models.TextField()
-    client_msg_id = models.CharField(max_length=64, null=True, blank=True)
+    # NULL, not "", when absent: the unique constraint below applies only to given ids.
+    client_msg_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

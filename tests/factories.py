@@ -17,7 +17,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.PostGenerationMethodCall("set_password", PASSWORD)
 
     @factory.post_generation
-    def _save(obj, create, extracted, **kwargs):  # noqa: N805
+    def _save(obj, create, extracted, **kwargs):
         if create:
             obj.save()
 
@@ -31,7 +31,7 @@ class ConversationFactory(factory.django.DjangoModelFactory):
     owner = factory.SubFactory(UserFactory)
 
     @factory.post_generation
-    def members(obj, create, extracted, **kwargs):  # noqa: N805
+    def members(obj, create, extracted, **kwargs):
         if not create:
             return
         Participant.objects.get_or_create(conversation=obj, user=obj.owner, defaults={"role": "owner"})

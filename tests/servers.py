@@ -143,7 +143,7 @@ class AppServer:
         ]
 
     def start(self) -> AppServer:
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, 30, self.proc)
         return self

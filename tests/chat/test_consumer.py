@@ -54,7 +54,7 @@ async def test_no_credentials_closes_4401(db):
 
 
 async def test_bad_token_closes_4401(db):
-    communicator, connected, _ = await _raw_connect(headers=[(b"authorization", b"Token not-a-real-token")])
+    communicator, _connected, _ = await _raw_connect(headers=[(b"authorization", b"Token not-a-real-token")])
     assert (await communicator.receive_output(3))["code"] == 4401
 
 
@@ -62,7 +62,7 @@ async def test_deactivated_user_closes_4403(trio):
     alice, *_ = trio
     alice.is_active = False
     await database_sync_to_async(alice.save)()
-    communicator, connected, _ = await _raw_connect(
+    communicator, _connected, _ = await _raw_connect(
         headers=[(b"authorization", f"Token {await database_sync_to_async(_token)(alice)}".encode())]
     )
     assert (await communicator.receive_output(3))["code"] == 4403
@@ -77,7 +77,7 @@ def _token(user):
 async def test_ticket_is_single_use(trio):
     alice, *_ = trio
     ticket = await database_sync_to_async(services.ws_ticket_issue)(user_id=alice.pk)
-    client_comm, connected, _ = await _raw_connect(path=f"/ws/chat/?ticket={ticket}")
+    client_comm, _connected, _ = await _raw_connect(path=f"/ws/chat/?ticket={ticket}")
     hello = json.loads((await client_comm.receive_output(3))["text"])
     assert hello["type"] == "hello" and hello["user"]["id"] == alice.pk
     again, _, _ = await _raw_connect(path=f"/ws/chat/?ticket={ticket}")
@@ -283,7 +283,7 @@ async def test_resume_sends_missed_messages_in_order_then_ack(trio):
     await b.send({"type": "resume", "id": "r", "cursors": {str(conv.id): 2}})
     seqs = []
     while True:
-        frame = await b.recv()
+        frame = await b.next()
         if frame["type"] == "ack":
             break
         assert frame["type"] == "message.new"
@@ -300,7 +300,7 @@ async def test_resume_truncates_past_the_limit(trio, settings):
         await database_sync_to_async(services.message_send)(sender_id=alice.pk, conversation_id=conv.id, body=f"m{i}")
     b = await connect(bob)
     await b.send({"type": "resume", "id": "r", "cursors": {str(conv.id): 0}})
-    frames = [await b.recv() for _ in range(5)]
+    frames = [await b.next() for _ in range(5)]
     assert [f["message"]["seq"] for f in frames[:3]] == [1, 2, 3]
     assert frames[3] == {"type": "resume.truncated", "conversation_id": str(conv.id), "next_seq": 4}
     assert frames[4]["type"] == "ack"
@@ -318,7 +318,7 @@ async def test_resume_of_foreign_conversation_is_403(trio):
 
 
 async def test_added_participant_receives_at_once_and_removed_stops(trio):
-    alice, bob, eve, conv = trio
+    alice, _bob, eve, conv = trio
     a, e = await connect(alice), await connect(eve)
     await database_sync_to_async(services.participant_add)(actor_id=alice.pk, conversation_id=conv.id, user_id=eve.pk)
     joined = await e.expect_type("conversation.joined")

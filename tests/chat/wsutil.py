@@ -42,6 +42,13 @@ class Client:
             return {"type": "__closed__", "code": out.get("code")}
         return json.loads(out["text"])
 
+    async def next(self, timeout: float = 3, skip: tuple[str, ...] = ("presence",)) -> dict[str, Any]:
+        """The next frame that is not of a skipped type (those are dropped)."""
+        while True:
+            frame = await self.recv(timeout)
+            if frame.get("type") not in skip:
+                return frame
+
     async def expect(self, pred, timeout: float = 3) -> dict[str, Any]:
         """The first frame matching pred; others are kept for later."""
         kept = []

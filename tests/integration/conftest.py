@@ -147,7 +147,8 @@ class WS:
 
     async def request(self, frame: dict[str, Any], timeout: float = 5) -> dict[str, Any]:
         await self.send(frame)
-        return await self.expect(lambda f: f.get("id") == frame["id"] and f["type"] in ("ack", "error", "pong"), timeout)
+        rid = frame["id"]
+        return await self.expect(lambda f: f.get("id") == rid and f["type"] in ("ack", "error", "pong"), timeout)
 
     async def closed_code(self, timeout: float = 15) -> int | None:
         """Wait for the server to close; frames meanwhile are kept. Returns the close code."""

@@ -86,7 +86,7 @@ async def test_reconnect_within_grace_broadcasts_nothing(trio):
 
 
 async def test_stranger_gets_no_presence_and_403(trio):
-    alice, bob, eve = trio
+    alice, _bob, eve = trio
     e = await connect(eve)
     a = await connect(alice)
     await a.request({"type": "status.set", "id": "s", "status": "busy", "text": "meeting"})
@@ -123,7 +123,7 @@ async def test_status_set_broadcasts_with_growing_version_and_invisible_shows_of
 
 
 async def test_snapshot_over_socket_and_http(trio):
-    alice, bob, eve = trio
+    alice, bob, _eve = trio
     a = await connect(alice)
     b = await connect(bob)
     await a.request({"type": "status.set", "id": "1", "status": "away"})

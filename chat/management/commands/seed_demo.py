@@ -11,7 +11,7 @@ from chat import services
 from chat.models import Conversation
 
 DEMO_USERS = ["alice", "bob", "carol"]
-DEMO_PASSWORD = "demo-password"
+DEMO_PASSWORD = "demo-password"  # noqa: S105 (the documented demo login)
 DEMO_TITLE = "Welcome"
 
 
@@ -19,16 +19,16 @@ class Command(BaseCommand):
     help = "Create demo users (alice, bob, carol; password 'demo-password'), an admin and a demo conversation."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        User = get_user_model()
+        user_model = get_user_model()
         with transaction.atomic():
             users = []
             for name in DEMO_USERS:
-                user, created = User.objects.get_or_create(username=name)
+                user, created = user_model.objects.get_or_create(username=name)
                 if created:
                     user.set_password(DEMO_PASSWORD)
                     user.save()
                 users.append(user)
-            admin, created = User.objects.get_or_create(
+            admin, created = user_model.objects.get_or_create(
                 username="admin", defaults={"is_staff": True, "is_superuser": True}
             )
             if created:
@@ -39,7 +39,7 @@ class Command(BaseCommand):
                     creator_id=users[0].pk, title=DEMO_TITLE, participant_ids=[u.pk for u in users[1:]]
                 )
         for user in [*users, admin]:
-            token, _ = Token.objects.get_or_create(user=user)
+            Token.objects.get_or_create(user=user)
         self.stdout.write(
             f"demo users: {', '.join(DEMO_USERS)} and admin (staff); password '{DEMO_PASSWORD}'. "
             "Get a token with POST /api/auth/token/."

@@ -13,7 +13,9 @@ class Command(BaseCommand):
     help = "Queue every user's current status for Firestore; with --now, send it before returning."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--now", action="store_true", help="Send the queue now instead of leaving it to the instances.")
+        parser.add_argument(
+            "--now", action="store_true", help="Send the queue now instead of leaving it to the instances."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not firestore.enabled():
