@@ -17,7 +17,7 @@ from channels.security.websocket import OriginValidator
 from channels.sessions import SessionMiddlewareStack
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.http.request import is_same_domain
+from django.utils.http import is_same_domain
 
 from chatproject.db import db_call
 

@@ -54,7 +54,7 @@ def conversation_ids_of(*, user_id: int) -> list[str]:
     return [str(c) for c in Participant.objects.filter(user_id=user_id).values_list("conversation_id", flat=True)]
 
 
-def participant_ids(*, conversation_id: object) -> list[int]:
+def participant_ids(*, conversation_id: uuid.UUID | str) -> list[int]:
     return list(Participant.objects.filter(conversation_id=conversation_id).values_list("user_id", flat=True))
 
 
@@ -110,7 +110,7 @@ def messages_page(
     return list(reversed(rows[:size])), has_more
 
 
-def messages_after(*, conversation_id: object, after_seq: int, limit: int) -> list[Message]:
+def messages_after(*, conversation_id: uuid.UUID | str, after_seq: int, limit: int) -> list[Message]:
     """For resume: no participation check here, the caller has done it."""
     return list(
         Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).order_by("seq")[:limit]

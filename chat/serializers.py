@@ -111,10 +111,3 @@ class ReceiptsOut(serializers.Serializer):
 
 class TypingIn(serializers.Serializer):
     state = serializers.ChoiceField(choices=["start", "stop"])
-
-
-class ErrorOut(serializers.Serializer):
-    status = serializers.IntegerField()
-    code = serializers.CharField()
-    detail = serializers.CharField()
-    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)

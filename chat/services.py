@@ -4,6 +4,7 @@ the same: same validation, same authorization at the time of the action, same ev
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,11 +165,11 @@ def message_send(*, sender_id: int, conversation_id: object, body: Any, client_m
         raise
 
 
-def _original(cid: object, sender_id: int, client_msg_id: str) -> Message | None:
+def _original(cid: uuid.UUID, sender_id: int, client_msg_id: str) -> Message | None:
     return Message.objects.filter(conversation_id=cid, sender_id=sender_id, client_msg_id=client_msg_id).first()
 
 
-def _check_participant(cid: object, user_id: int) -> None:
+def _check_participant(cid: uuid.UUID, user_id: int) -> None:
     if not Conversation.objects.filter(pk=cid).exists():
         raise NotFound("No such conversation.")
     if not Participant.objects.filter(conversation_id=cid, user_id=user_id).exists():
@@ -176,7 +177,7 @@ def _check_participant(cid: object, user_id: int) -> None:
 
 
 @transaction.atomic
-def _send_locked(cid: object, sender_id: int, body: str, client_msg_id: str | None) -> SendResult:
+def _send_locked(cid: uuid.UUID, sender_id: int, body: str, client_msg_id: str | None) -> SendResult:
     # The row lock on the conversation serialises senders of one conversation (PostgreSQL);
     # SQLite runs IMMEDIATE transactions, which serialise every writer.
     conversation = Conversation.objects.select_for_update().only("id", "last_seq").filter(pk=cid).first()

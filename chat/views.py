@@ -44,6 +44,11 @@ def parse(serializer_class: type, data: Any) -> dict[str, Any]:
     return dict(serializer.validated_data)
 
 
+def uid(request: Request) -> int:
+    """The authenticated caller's id (every view here requires authentication)."""
+    return int(request.user.pk)  # type: ignore[arg-type]
+
+
 def user_dict(user: Any) -> dict[str, Any]:
     return {"id": user.pk, "username": user.get_username(), "is_staff": bool(user.is_staff)}
 
@@ -66,7 +71,7 @@ class TokenLoginView(APIView):
 class WsTicketView(APIView):
     @extend_schema(request=None, responses={201: TicketOut}, summary="A single-use ticket for the WebSocket")
     def post(self, request: Request) -> Response:
-        ticket = services.ws_ticket_issue(user_id=request.user.pk)
+        ticket = services.ws_ticket_issue(user_id=uid(request))
         return Response(
             {"ticket": ticket, "expires_in": settings.WS_TICKET_TTL_SECONDS}, status=status.HTTP_201_CREATED
         )
@@ -84,14 +89,14 @@ class ConversationListView(APIView):
         from rest_framework.pagination import PageNumberPagination
 
         paginator = PageNumberPagination()
-        page = paginator.paginate_queryset(selectors.conversations_of(user_id=request.user.pk), request, view=self)
+        page = paginator.paginate_queryset(selectors.conversations_of(user_id=uid(request)), request, view=self)
         return paginator.get_paginated_response([conversation_dict(c) for c in page or []])
 
     @extend_schema(request=ConversationIn, responses={201: ConversationOut}, summary="Create a conversation")
     def post(self, request: Request) -> Response:
         data = parse(ConversationIn, request.data)
         conversation = services.conversation_create(
-            creator_id=request.user.pk, title=data.get("title", ""), participant_ids=data["participant_ids"]
+            creator_id=uid(request), title=data.get("title", ""), participant_ids=data["participant_ids"]
         )
         return Response(conversation_dict(conversation), status=status.HTTP_201_CREATED)
 
@@ -99,7 +104,7 @@ class ConversationListView(APIView):
 class ConversationDetailView(APIView):
     @extend_schema(responses={200: ConversationOut}, summary="One conversation (participants only)")
     def get(self, request: Request, conversation_id: str) -> Response:
-        conversation = selectors.conversation_for(user_id=request.user.pk, conversation_id=conversation_id)
+        conversation = selectors.conversation_for(user_id=uid(request), conversation_id=conversation_id)
         return Response(conversation_dict(conversation))
 
 
@@ -108,9 +113,9 @@ class ParticipantListView(APIView):
     def post(self, request: Request, conversation_id: str) -> Response:
         data = parse(ParticipantIn, request.data)
         _, created = services.participant_add(
-            actor_id=request.user.pk, conversation_id=conversation_id, user_id=data["user_id"]
+            actor_id=uid(request), conversation_id=conversation_id, user_id=data["user_id"]
         )
-        conversation = selectors.conversation_for(user_id=request.user.pk, conversation_id=conversation_id)
+        conversation = selectors.conversation_for(user_id=uid(request), conversation_id=conversation_id)
         return Response(
             conversation_dict(conversation), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -119,7 +124,7 @@ class ParticipantListView(APIView):
 class ParticipantDetailView(APIView):
     @extend_schema(responses={204: None}, summary="Remove a participant (owner) or leave (self)")
     def delete(self, request: Request, conversation_id: str, user_id: str) -> Response:
-        services.participant_remove(actor_id=request.user.pk, conversation_id=conversation_id, user_id=user_id)
+        services.participant_remove(actor_id=uid(request), conversation_id=conversation_id, user_id=user_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -135,7 +140,7 @@ class MessageListView(APIView):
     )
     def get(self, request: Request, conversation_id: str) -> Response:
         rows, has_more = selectors.messages_page(
-            user_id=request.user.pk,
+            user_id=uid(request),
             conversation_id=conversation_id,
             after_seq=request.query_params.get("after_seq"),
             before_seq=request.query_params.get("before_seq"),
@@ -147,7 +152,7 @@ class MessageListView(APIView):
     def post(self, request: Request, conversation_id: str) -> Response:
         data = parse(MessageIn, request.data)
         result = services.message_send(
-            sender_id=request.user.pk,
+            sender_id=uid(request),
             conversation_id=conversation_id,
             body=data["body"],
             client_msg_id=data.get("client_msg_id"),
@@ -160,17 +165,17 @@ class MessageListView(APIView):
 class ReadView(APIView):
     @extend_schema(responses={200: ReceiptsOut}, summary="Read receipts of every participant")
     def get(self, request: Request, conversation_id: str) -> Response:
-        receipts = selectors.read_receipts(user_id=request.user.pk, conversation_id=conversation_id)
+        receipts = selectors.read_receipts(user_id=uid(request), conversation_id=conversation_id)
         return Response({"receipts": receipts})
 
     @extend_schema(request=ReadIn, responses={200: ReadOut}, summary="Mark read up to a seq")
     def post(self, request: Request, conversation_id: str) -> Response:
         data = parse(ReadIn, request.data)
-        result = services.read_mark(user_id=request.user.pk, conversation_id=conversation_id, seq=data["seq"])
+        result = services.read_mark(user_id=uid(request), conversation_id=conversation_id, seq=data["seq"])
         return Response(
             {
                 "conversation_id": conversation_id,
-                "user_id": request.user.pk,
+                "user_id": uid(request),
                 "seq": result.seq,
                 "read_at": iso(result.read_at),
             }
@@ -181,5 +186,5 @@ class TypingView(APIView):
     @extend_schema(request=TypingIn, responses={202: None}, summary="Typing start or stop")
     def post(self, request: Request, conversation_id: str) -> Response:
         data = parse(TypingIn, request.data)
-        broadcast = services.typing_set(user_id=request.user.pk, conversation_id=conversation_id, state=data["state"])
+        broadcast = services.typing_set(user_id=uid(request), conversation_id=conversation_id, state=data["state"])
         return Response({"broadcast": broadcast}, status=status.HTTP_202_ACCEPTED)

@@ -36,7 +36,7 @@ def key(*parts: object) -> str:
 
 
 def _common_kwargs() -> dict[str, Any]:
-    cfg = settings.REDIS
+    cfg: dict[str, Any] = settings.REDIS
     return {
         "password": cfg["password"],
         "db": cfg["db"],
@@ -52,7 +52,7 @@ def get_sync() -> redis.Redis:
     if _sync_client is None:
         with _sync_lock:
             if _sync_client is None:
-                cfg = settings.REDIS
+                cfg: dict[str, Any] = settings.REDIS
                 if cfg["sentinels"]:
                     from redis.sentinel import Sentinel
 
@@ -70,7 +70,7 @@ def get_async() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        cfg = settings.REDIS
+        cfg: dict[str, Any] = settings.REDIS
         if cfg["sentinels"]:
             from redis.asyncio.sentinel import Sentinel as AioSentinel
 

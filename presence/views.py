@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat.views import parse
+from chat.views import parse, uid
 
 from . import selectors, services
 from .serializers import PresenceOut, StatusIn
@@ -18,7 +18,7 @@ from .serializers import PresenceOut, StatusIn
 class MyConnectionsView(APIView):
     @extend_schema(summary="The caller's live connections on every instance")
     def get(self, request: Request) -> Response:
-        return Response({"results": selectors.user_connections(user_id=request.user.pk)})
+        return Response({"results": selectors.user_connections(user_id=uid(request))})
 
 
 class AdminConnectionsView(APIView):
@@ -49,14 +49,14 @@ class AdminDisconnectUserView(APIView):
 class PresenceListView(APIView):
     @extend_schema(responses={200: PresenceOut(many=True)}, summary="Presence of everyone sharing a conversation")
     def get(self, request: Request) -> Response:
-        return Response({"results": selectors.presence_snapshot(user_id=request.user.pk)})
+        return Response({"results": selectors.presence_snapshot(user_id=uid(request))})
 
 
 class UserStatusView(APIView):
     @extend_schema(responses={200: PresenceOut}, summary="A user's presence (self, co-participants, staff)")
     def get(self, request: Request, user_id: str) -> Response:
         return Response(
-            selectors.presence_of(viewer_id=request.user.pk, user_id=user_id, viewer_is_staff=request.user.is_staff)
+            selectors.presence_of(viewer_id=uid(request), user_id=user_id, viewer_is_staff=request.user.is_staff)
         )
 
 
@@ -64,4 +64,4 @@ class MyStatusView(APIView):
     @extend_schema(request=StatusIn, responses={200: PresenceOut}, summary="Set my status")
     def put(self, request: Request) -> Response:
         data = parse(StatusIn, request.data)
-        return Response(services.status_set(user_id=request.user.pk, status=data["status"], text=data.get("text")))
+        return Response(services.status_set(user_id=uid(request), status=data["status"], text=data.get("text")))
