@@ -301,3 +301,14 @@ def stop_all(servers: list[AppServer]) -> None:
 
     with ThreadPoolExecutor(max_workers=max(1, len(servers))) as pool:
         list(pool.map(lambda s: s.stop(), servers))
+
+
+def wait_registered(redis_conn, user_id: int, count: int, timeout: float = 5, prefix: str = "chat") -> None:
+    """Wait until the connection registry lists ``count`` sockets of the user. An instance sends
+    ``hello`` before it has subscribed the socket's groups and registered it, so a test that
+    acts on other sockets or reads the registry right after ``hello`` waits here first."""
+    deadline = time.monotonic() + timeout
+    while (found := redis_conn.zcard(f"{prefix}:user:{user_id}:conns")) != count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"user {user_id} has {found} registered connections, expected {count}")
+        time.sleep(0.05)

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.factories import ConversationFactory, UserFactory
 from tests.health.conftest import get
 from tests.integration.conftest import open_ws, start_cluster, token
-from tests.servers import AppServer, app_env, start_all, stop_all
+from tests.servers import AppServer, app_env, start_all, stop_all, wait_registered
 
 # One database mode for the whole module: pytest-django runs tests grouped by mode, which would
 # otherwise split the module and start its servers twice.
@@ -55,7 +55,7 @@ def servers(django_db_setup, tmp_path_factory):
     )
     try:
         start_all([*cluster.servers.values(), *guarded.values()])
-        yield {**cluster.servers, **guarded}
+        yield {**cluster.servers, **guarded, "redis": cluster.redis_client()}
     finally:
         stop_all([*cluster.servers.values(), *guarded.values()])
         cluster.redis.stop()
@@ -89,6 +89,8 @@ async def test_message_across_instances_moves_counters_on_both(servers, people):
     a, b = servers["a"], servers["b"]
     alice = await open_ws(a.ws_url, people["alice"])
     bob = await open_ws(b.ws_url, people["bob"])
+    for user in (people["alice"], people["bob"]):
+        await asyncio.to_thread(wait_registered, servers["redis"], user.pk, 1)
     before_a, before_b = await asyncio.to_thread(scrape, a), await asyncio.to_thread(scrape, b)
 
     ack = await alice.request(

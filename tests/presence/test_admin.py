@@ -19,7 +19,7 @@ from chatproject.redis_client import key
 from presence.registry import Connection, RedisRegistry
 from tests.factories import UserFactory
 from tests.integration.conftest import database_url, token
-from tests.servers import AppServer, app_env, start_all, stop_all
+from tests.servers import AppServer, app_env, start_all, stop_all, wait_registered
 
 CONNECTIONS = "/admin/presence/connections/"
 INSTANCES = "/admin/presence/instances/"
@@ -198,6 +198,8 @@ def test_disconnect_action_closes_the_users_sockets_on_every_instance(instances,
         on_b, hello_b = open_socket(stack, b, user)
         bystander, _ = open_socket(stack, b, other_user)
 
+        wait_registered(redis_client.get_sync(), user.pk, 2)
+        wait_registered(redis_client.get_sync(), other_user.pk, 1)
         client = Client()
         client.force_login(staff_user)
         page = client.get(CONNECTIONS, {"user": user.pk})

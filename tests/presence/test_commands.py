@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.integration.conftest import open_ws, start_cluster, token
-from tests.servers import ROOT, AppServer, app_env
+from tests.servers import ROOT, AppServer, app_env, wait_registered
 
 # One database mode for the whole module: pytest-django runs tests grouped by mode, which would
 # otherwise split the module and start its servers twice.
@@ -64,6 +64,10 @@ def registry_empty(cluster) -> None:
         time.sleep(0.1)
 
 
+async def settled(cluster, user, count: int) -> None:
+    await asyncio.to_thread(wait_registered, cluster.redis_client(), user.pk, count)
+
+
 @pytest.fixture
 def people(transactional_db):
     from tests.factories import UserFactory
@@ -82,6 +86,8 @@ async def test_chat_stats_reports_instances_connections_and_users(cluster, peopl
         await open_ws(a.ws_url, people["bob"]),
         await open_ws(b.ws_url, people["bob"]),
     ]
+    await settled(cluster, people["alice"], 1)
+    await settled(cluster, people["bob"], 2)
     as_json, as_table = await asyncio.to_thread(manage_all, cluster.env, ("chat_stats", "--json"), ("chat_stats",))
     assert as_json.returncode == 0, as_json.stderr
     stats = json.loads(as_json.stdout)
@@ -109,6 +115,8 @@ async def test_disconnect_user_closes_their_sockets_on_every_instance(cluster, p
     bob_a = await open_ws(a.ws_url, people["bob"])
     bob_b = await open_ws(b.ws_url, people["bob"])
     alice = await open_ws(b.ws_url, people["alice"])
+    await settled(cluster, people["bob"], 2)
+    await settled(cluster, people["alice"], 1)
 
     done, unknown = await asyncio.to_thread(
         manage_all, cluster.env, ("disconnect_user", people["bob"].username), ("disconnect_user", "nobody-here")
@@ -133,6 +141,8 @@ async def test_reap_connections_reaps_dead_instances_now_and_spares_live_ones(cl
     await asyncio.to_thread(doomed.start)
     alice_c = await open_ws(doomed.ws_url, people["alice"])
     bob_a = await open_ws(cluster.servers["a"].ws_url, people["bob"])
+    await settled(cluster, people["alice"], 1)
+    await settled(cluster, people["bob"], 1)
     r = cluster.redis_client()
     assert r.scard("chat:inst:c:conns") == 1
 
