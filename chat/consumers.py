@@ -105,8 +105,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             conversations = await db_call(_conversation_seqs)(self.user_id)
             self.conversations = set(conversations)
-            self.writer = asyncio.get_running_loop().create_task(self._write_loop())
-            # hello is always the first frame, before any event routed to this socket.
+            # hello is the first frame; the writer starts only once this socket is routed and
+            # registered, so a client that has its hello is already reachable everywhere.
             self.push(
                 encode(
                     {
@@ -122,7 +122,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await hub.register(self, conversations)
             self.registered = True
             self.registry_entry = self._registry_entry()
-            if await get_registry().add(self.registry_entry):
+            became_online = await get_registry().add(self.registry_entry)
+            self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+            if became_online:
                 await db_call(presence_services.went_online)(user_id=self.user_id)
         except Exception:
             logger.exception("connect failed")

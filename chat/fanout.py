@@ -19,9 +19,12 @@ It also keeps the guarantees on the delivery path:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
+import os
 import signal
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -32,6 +35,7 @@ from django.conf import settings
 
 from chatproject import metrics
 from chatproject.db import db_call
+from chatproject.db import drain as db_drain
 from presence import firestore
 
 from .events import conversation_group, user_group
@@ -107,12 +111,16 @@ class Hub:
             self.layer = get_channel_layer()
             self.channel_name = await self.layer.new_channel(f"inst.{settings.INSTANCE_ID}.")
             await self._group_add(self.instance_group)
+            # A fresh context: the tasks must not inherit the ids of the socket that started them.
             self.tasks = [
-                loop.create_task(self._receive_loop(), name="fanout-receive"),
-                loop.create_task(self._watchdog_loop(), name="fanout-watchdog"),
-                loop.create_task(self._heartbeat_loop(), name="registry-heartbeat"),
-                loop.create_task(self._presence_loop(), name="presence-offline"),
-                loop.create_task(firestore.run_sync_loop(), name="firestore-sync"),
+                loop.create_task(coro, name=name, context=contextvars.Context())
+                for name, coro in [
+                    ("fanout-receive", self._receive_loop()),
+                    ("fanout-watchdog", self._watchdog_loop()),
+                    ("registry-heartbeat", self._heartbeat_loop()),
+                    ("presence-offline", self._presence_loop()),
+                    ("firestore-sync", firestore.run_sync_loop()),
+                ]
             ]
             self._install_sigterm()
             self.started = True
@@ -129,6 +137,12 @@ class Hub:
         assert loop is not None
 
         def handler(signum: int, frame: Any) -> None:
+            # The contract's bound is 10 s: whatever hangs past 9 s (a worker thread waiting on a
+            # stopped loop, a server waiting on a peer) does not keep the process alive.
+            timer = threading.Timer(9.0, os._exit, args=(0,))
+            timer.daemon = True
+            timer.start()
+
             async def run() -> None:
                 try:
                     await asyncio.wait_for(self.shutdown(), timeout=5)
@@ -155,6 +169,9 @@ class Hub:
         logger.info("instance shutting down", extra={"connections": len(self.consumers)})
         for consumer in list(self.consumers):
             consumer.close_with(CLOSE_SHUTDOWN)
+        left = await db_drain(3.0)
+        if left:
+            logger.warning("database calls still running at shutdown", extra={"count": left})
         from presence.registry import get_registry
 
         try:

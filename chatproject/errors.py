@@ -124,7 +124,15 @@ _DRF_CODES: list[tuple[type[Exception], int, str]] = [
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
-    """DRF's EXCEPTION_HANDLER: every error leaves as the contract's envelope."""
+    """DRF's EXCEPTION_HANDLER: every error leaves as the contract's envelope (and is counted)."""
+    from chatproject import metrics
+
+    response = _render(exc, context)
+    metrics.ERRORS.labels(code=response.data.get("code", "error")).inc()
+    return response
+
+
+def _render(exc: Exception, context: dict[str, Any]) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()

@@ -387,6 +387,15 @@ def get_registry() -> Registry:
     return _registry
 
 
+def user_connection_count_blocking(user_id: int) -> int:
+    """For code in worker threads: a plain blocking read. (Hopping back to the event loop
+    with async_to_sync from there can deadlock while the server shuts the loop down.)"""
+    registry = get_registry()
+    if isinstance(registry, LocalRegistry):
+        return sum(1 for c in list(registry.conns.values()) if c.user_id == user_id)
+    return int(redis_client.get_sync().zcard(key("user", user_id, "conns")))
+
+
 def reset_registry() -> None:
     global _registry
     _registry = None

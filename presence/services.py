@@ -16,11 +16,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chat import events
-from chat.selectors import active_user, contact_ids
-from chatproject.errors import Invalid
+from chat.selectors import contact_ids
+from chatproject.errors import Invalid, NotFound
 
 from .models import StatusOutbox, UserStatus
-from .registry import get_registry
+from .registry import get_registry, user_connection_count_blocking
 
 logger = logging.getLogger("presence")
 
@@ -101,7 +101,7 @@ def went_offline(*, user_id: int) -> None:
     row = _row_for_update(user_id)
     if not row.online:
         return
-    if async_to_sync(get_registry().user_connection_count)(user_id) > 0:
+    if user_connection_count_blocking(user_id) > 0:
         return  # reconnected while this transition was on its way
     row.online = False
     row.last_seen = timezone.now()
@@ -112,9 +112,17 @@ def went_offline(*, user_id: int) -> None:
 
 def user_disconnect(*, user_id: object, code: int = CLOSE_DISCONNECTED_BY_OPERATOR) -> int:
     """Close every socket of the user, on every instance. Returns how many were open."""
-    user = active_user(user_id=user_id)
-    count = async_to_sync(get_registry().user_connection_count)(user.pk)
-    events.disconnect_user(user_id=user.pk, code=code)
+    from django.contrib.auth import get_user_model
+
+    try:
+        uid = int(str(user_id))
+    except ValueError:
+        raise NotFound("No such user.") from None
+    # Deactivated users too: that is when an operator most wants their sockets gone.
+    if not get_user_model().objects.filter(pk=uid).exists():
+        raise NotFound("No such user.")
+    count = async_to_sync(get_registry().user_connection_count)(uid)
+    events.disconnect_user(user_id=uid, code=code)
     return int(count)
 
 

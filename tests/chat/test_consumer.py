@@ -354,3 +354,16 @@ async def test_http_send_is_delivered_like_a_websocket_send(trio):
     frame = await b.expect_type("message.new")
     assert frame["message"] == response.json()
     await b.close()
+
+
+async def test_deactivating_a_user_closes_their_sockets_with_4403(trio):
+    alice, *_ = trio
+    a = await connect(alice)
+
+    def deactivate():
+        alice.is_active = False
+        alice.save()
+
+    await database_sync_to_async(deactivate)()
+    closed = await a.expect_type("__closed__")
+    assert closed["code"] == 4403
