@@ -21,6 +21,16 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+class StrictIntegerField(serializers.IntegerField):
+    """An IntegerField that takes only JSON numbers (not ``"3"``, not ``true``), as the
+    WebSocket path does through the same services."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if not isinstance(data, int) or isinstance(data, bool):
+            self.fail("invalid")
+        return int(super().to_internal_value(data))
+
+
 class LoginIn(serializers.Serializer):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(max_length=256, trim_whitespace=False)
@@ -44,7 +54,7 @@ class TicketOut(serializers.Serializer):
 
 class ConversationIn(serializers.Serializer):
     title = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
-    participant_ids = serializers.ListField(child=serializers.IntegerField(), allow_empty=True)
+    participant_ids = serializers.ListField(child=StrictIntegerField(), allow_empty=True)
 
 
 class ParticipantOut(serializers.Serializer):
@@ -65,7 +75,7 @@ class ConversationOut(serializers.Serializer):
 
 
 class ParticipantIn(serializers.Serializer):
-    user_id = serializers.IntegerField()
+    user_id = StrictIntegerField()
 
 
 class MessageIn(serializers.Serializer):
@@ -89,7 +99,7 @@ class MessagePageOut(serializers.Serializer):
 
 
 class ReadIn(serializers.Serializer):
-    seq = serializers.IntegerField(min_value=0)
+    seq = StrictIntegerField(min_value=0)
 
 
 class ReadOut(serializers.Serializer):

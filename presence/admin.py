@@ -25,6 +25,7 @@ from django.views.decorators.http import require_POST
 from chatproject.errors import ApplicationError
 
 from . import selectors, services
+from .models import StatusOutbox, UserStatus
 
 logger = logging.getLogger("presence.admin")
 
@@ -190,3 +191,27 @@ def _get_app_list(request: HttpRequest, app_label: str | None = None) -> list[di
 
 admin.site.get_urls = _get_urls  # type: ignore[method-assign]
 admin.site.get_app_list = _get_app_list  # type: ignore[method-assign]
+
+
+@admin.register(UserStatus)
+class UserStatusAdmin(admin.ModelAdmin):
+    list_display = ["user", "status", "text", "online", "version", "last_seen", "updated_at"]
+    list_filter = ["status", "online"]
+    search_fields = ["user__username", "text"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["online", "version", "last_seen", "updated_at"]
+
+    def save_model(self, request: HttpRequest, obj: UserStatus, form: Any, change: bool) -> None:
+        # Through the service, so the change gets a new version, reaches contacts and Firestore.
+        if change:
+            services.status_set(user_id=obj.user_id, status=obj.status, text=obj.text)
+        else:
+            super().save_model(request, obj, form, change)
+
+
+@admin.register(StatusOutbox)
+class StatusOutboxAdmin(admin.ModelAdmin):
+    """Status writes still waiting for Firestore (empty when the sync is healthy)."""
+
+    list_display = ["user", "version", "attempts", "enqueued_at", "next_attempt_at", "last_error"]
+    readonly_fields = ["user", "version", "payload", "enqueued_at", "attempts", "next_attempt_at", "last_error"]
