@@ -233,11 +233,29 @@ def _layer_host() -> dict[str, Any] | str:
     return f"{scheme}://{auth}{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
 
 
-if CHAT_MODE == "cluster":
+# "pubsub" (RedisPubSubChannelLayer, the default: chosen by the fan-out benchmark, see README)
+# or "core" (RedisChannelLayer: lists and sorted sets, survives short subscriber gaps).
+CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER_BACKEND", "pubsub").lower()
+if CHANNEL_LAYER_BACKEND not in {"pubsub", "core"}:
+    raise _ConfigError("CHANNEL_LAYER_BACKEND", f"expected pubsub or core, got {CHANNEL_LAYER_BACKEND!r}")
+if CHAT_MODE == "cluster" and CHANNEL_LAYER_BACKEND == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [_layer_host()], "prefix": f"{REDIS_KEY_PREFIX}:layer"},
+        }
+    }
+elif CHAT_MODE == "cluster":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [_layer_host()],
+                "prefix": f"{REDIS_KEY_PREFIX}:layer",
+                # One channel per instance carries every event of its sockets.
+                "capacity": 10000,
+                "expiry": 30,
+            },
         }
     }
 else:
