@@ -202,12 +202,14 @@ class Hub:
         if user_group(consumer.user_id) not in self.groups:
             new_groups.append(user_group(consumer.user_id))
         for cid, last_seq in conversations.items():
+            if cid not in self.by_conv:
+                # A new subscription starts at the database's seq: events published before it
+                # carry seqs up to last_seq, which the client gets through resume. An existing
+                # one keeps its cursor (moving it could skip messages still being reordered).
+                self.conv_seq[cid] = last_seq
             self.by_conv[cid].add(consumer)
             if conversation_group(cid) not in self.groups:
                 new_groups.append(conversation_group(cid))
-            # Events published before the subscription below carry seqs up to last_seq at most,
-            # which the client gets through resume; never hold back on them.
-            self.conv_seq[cid] = max(self.conv_seq.get(cid, 0), last_seq)
         for group in new_groups:
             await self._group_add(group)
 
@@ -225,9 +227,10 @@ class Hub:
 
     async def _join(self, consumer: ChatConsumer, cid: str, last_seq: int) -> None:
         consumer.conversations.add(cid)
+        if cid not in self.by_conv:
+            self.conv_seq[cid] = last_seq
         self.by_conv[cid].add(consumer)
         if conversation_group(cid) not in self.groups:
-            self.conv_seq[cid] = max(self.conv_seq.get(cid, 0), last_seq)
             await self._group_add(conversation_group(cid))
 
     async def _leave(self, consumer: ChatConsumer, cid: str) -> None:
