@@ -9,14 +9,15 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from channels.auth import get_user
 from channels.security.websocket import OriginValidator
-from channels.sessions import SessionMiddlewareStack
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.http.cookie import parse_cookie
 from django.utils.http import is_same_domain
 
 from chatproject.db import db_call
@@ -96,9 +97,20 @@ async def authenticate_scope(scope: dict[str, Any]) -> tuple[Any, str]:
     if tickets:
         user = await db_call(_user_for_ticket)(tickets[0])
         return (user or AnonymousUser()), "ticket"
-    if scope.get("origin_allowed") and "session" in scope:
-        return await get_user(scope), "session"
+    if scope.get("origin_allowed"):
+        session = _session(scope)
+        if session is not None:
+            return await get_user({"session": session}), "session"
     return AnonymousUser(), "none"
+
+
+def _session(scope: dict[str, Any]) -> Any:
+    """The Django session named by the cookie, read here rather than through channels'
+    SessionMiddleware, which would wrap every frame this socket sends (it only needs the user)."""
+    key = parse_cookie(_header(scope, b"cookie")).get(settings.SESSION_COOKIE_NAME)
+    if not key:
+        return None
+    return import_module(settings.SESSION_ENGINE).SessionStore(key)
 
 
 class WebSocketAuthMiddleware:
@@ -112,4 +124,4 @@ class WebSocketAuthMiddleware:
 
 
 def WebSocketAuthStack(application: Any) -> Any:  # noqa: N802 (channels' naming convention)
-    return SessionMiddlewareStack(WebSocketAuthMiddleware(application))
+    return WebSocketAuthMiddleware(application)

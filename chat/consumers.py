@@ -215,8 +215,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             while True:
                 await self.wakeup.wait()
                 self.wakeup.clear()
+                send = self.base_send  # the server's send: no wrapper layers per frame
                 while self.queue and self.closing is None:
-                    await self.send(text_data=self.queue.popleft())
+                    await send({"type": "websocket.send", "text": self.queue.popleft()})
                     if len(self.queue) <= self.drain_mark:
                         self.drained.set()
                 if self.closing is not None:
