@@ -474,6 +474,9 @@ class Hub:
                     logger.error("fan-out path lost; closing local sockets", extra={"sockets": len(self.consumers)})
                     for consumer in list(self.consumers):
                         consumer.close_with(CLOSE_FANOUT_LOST)
+                # A Redis that restarted empty forgot our groups (core layer): the probe only
+                # passes again once they are back. Stops at the first error (bounded).
+                await self._refresh_groups()
                 continue
             if failures or not self.healthy:
                 logger.info("fan-out path back", extra={"after_failures": failures})

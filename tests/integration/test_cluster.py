@@ -225,6 +225,21 @@ async def test_sigterm_closes_with_1012_deregisters_and_exits(cluster, people, i
 
 
 async def test_redis_restarted_empty_recovers_delivery_and_registry(cluster, people):
+    await _redis_restart_recovers(cluster, people)
+
+
+async def test_redis_restart_with_the_core_layer_re_adds_groups(transactional_db, tmp_path, people):
+    from tests.integration.conftest import start_cluster
+
+    cluster = start_cluster(tmp_path, servers={"a": "daphne", "b": "uvicorn"}, CHANNEL_LAYER_BACKEND="core")
+    try:
+        # The same socket is fed again: the hub re-added the groups Redis forgot.
+        await _redis_restart_recovers(cluster, people, require_live=True)
+    finally:
+        cluster.stop()
+
+
+async def _redis_restart_recovers(cluster, people, require_live: bool = False):
     cid = str(people["conv"].id)
     alice = await open_ws(cluster.servers["a"].ws_url, people["alice"])
     bob = await open_ws(cluster.servers["b"].ws_url, people["bob"])
@@ -244,6 +259,8 @@ async def test_redis_restarted_empty_recovers_delivery_and_registry(cluster, peo
             frame = await ws.expect_type("message.new", timeout=8)
             return ws, [frame["message"]["body"]]
         except Exception:
+            if require_live:
+                raise
             fresh = await open_ws(url, user)
             await fresh.send({"type": "resume", "id": "r", "cursors": {cid: cursor}})
             bodies = []
