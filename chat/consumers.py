@@ -74,6 +74,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.sent_seq: dict[str, int] = {}
         self.resuming: dict[str, list[tuple[int, str]]] = {}
         self.queue: deque[str] = deque()
+        self.queue_limit: int = settings.WS_SEND_QUEUE_FRAMES  # read once: push() runs per delivery
         self.wakeup = asyncio.Event()
         self.drained = asyncio.Event()
         self.drain_mark = 0
@@ -180,7 +181,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Queue one encoded frame; overflow closes the socket with 4008 (slow consumer)."""
         if self.closing is not None:
             return
-        if len(self.queue) >= settings.WS_SEND_QUEUE_FRAMES:
+        if len(self.queue) >= self.queue_limit:
             logger.warning("outgoing queue overflow", extra={"queued": len(self.queue)})
             self.close_with(CLOSE_SLOW_CONSUMER)
             return
@@ -348,7 +349,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 )
                 last = after
                 for row in rows[:limit]:
-                    await self._drain_below(settings.WS_SEND_QUEUE_FRAMES // 2)
+                    await self._drain_below(self.queue_limit // 2)
                     self.push(encode({"type": "message.new", "message": message_dict(row)}), "message.new")
                     last = row.seq
                 if len(rows) > limit:

@@ -165,7 +165,11 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 try:
-    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0)
+    # Persistent connections (checked before reuse): opening a PostgreSQL connection per call
+    # dominated the cost of a WebSocket connect and of a send.
+    _db = dj_database_url.parse(
+        DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0), conn_health_checks=True
+    )
 except Exception as exc:  # dj-database-url raises several types for a bad URL
     raise _ConfigError("DATABASE_URL", f"not a database URL ({exc.__class__.__name__})") from None
 if _db["ENGINE"] == "django.db.backends.sqlite3":
