@@ -15,6 +15,7 @@ Layer message shape::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -73,39 +74,50 @@ def conversation_dict(conversation: Conversation) -> dict[str, Any]:
     }
 
 
-def publish(group: str, message: dict[str, Any]) -> None:
-    """Send now. A failure is logged, never raised: the cause is already committed, and a
-    receiver that misses it catches up by ``resume`` (its socket is closed by the watchdog
-    when this instance's fan-out path is broken)."""
+PUBLISH_TIMEOUT_SECONDS = 3.0
+
+
+async def _send_all(layer: Any, groups: list[str], message: dict[str, Any]) -> None:
+    # Bounded: a hung Redis must not hang the request or the socket that caused the event.
+    async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+        for group in groups:
+            await layer.group_send(group, {**message, "group": group})
+
+
+def publish(groups: list[str], message: dict[str, Any]) -> None:
+    """Send now, to every group in one hop to the event loop. A failure is logged, never
+    raised: the cause is already committed, and a receiver that misses it catches up by
+    ``resume`` (its socket is closed by the watchdog when this instance's fan-out path is
+    broken) or by the hub's catch-up from the database."""
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not groups:
         return
     try:
-        async_to_sync(layer.group_send)(group, message)
-    except Exception:
+        async_to_sync(_send_all)(layer, groups, message)
+    except Exception as exc:
         from chatproject import metrics
 
         metrics.LAYER_ERRORS.labels(op="group_send").inc()
-        logger.exception("event publish failed", extra={"group": group})
+        logger.warning("event publish failed", extra={"groups": len(groups), "error": exc.__class__.__name__})
 
 
 def send_event_on_commit(
-    group: str,
+    groups: str | list[str],
     frame: dict[str, Any] | None,
     *,
     exclude_user: int | None = None,
     only_user: int | None = None,
     control: dict[str, Any] | None = None,
 ) -> None:
+    targets = [groups] if isinstance(groups, str) else list(groups)
     message = {
         "type": "fanout",
-        "group": group,
         "frame": frame,
         "exclude_user": exclude_user,
         "only_user": only_user,
         "control": control,
     }
-    transaction.on_commit(lambda: publish(group, message))
+    transaction.on_commit(lambda: publish(targets, message))
 
 
 # --- One function per event type (schemas are tested in tests/chat/test_events.py) ----------
@@ -158,5 +170,4 @@ def disconnect_user(*, user_id: int, code: int) -> None:
 
 
 def presence(*, user_ids: list[int], frame: dict[str, Any]) -> None:
-    for uid in user_ids:
-        send_event_on_commit(user_group(uid), frame)
+    send_event_on_commit([user_group(uid) for uid in user_ids], frame)

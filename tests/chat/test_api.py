@@ -45,7 +45,10 @@ def send(user: Any, conversation: Any, body: str, client_msg_id: str | None = No
 def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     """Every event that leaves through chat.events.publish, as (group, layer message)."""
     sent: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr("chat.events.publish", lambda group, message: sent.append((group, message)))
+    monkeypatch.setattr(
+        "chat.events.publish",
+        lambda groups, message: sent.extend((g, {**message, "group": g}) for g in groups),
+    )
     return sent
 
 

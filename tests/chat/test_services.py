@@ -25,9 +25,9 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]
     sent: list[tuple[str, dict[str, Any]]] = []
     lock = threading.Lock()
 
-    def record(group: str, message: dict[str, Any]) -> None:
+    def record(groups: list[str], message: dict[str, Any]) -> None:
         with lock:
-            sent.append((group, message))
+            sent.extend((g, {**message, "group": g}) for g in groups)
 
     monkeypatch.setattr("chat.events.publish", record)
     return sent
