@@ -406,6 +406,22 @@ class Bench:
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"[:200]
 
+    def unsubscribed(self, groups: set[str]) -> dict[str, int]:
+        """How many of ``groups`` (chat layer groups) have no subscriber in Redis, by kind."""
+        import redis
+
+        assert self.redis is not None
+        r = redis.Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=10, decode_responses=True)
+        names = sorted(groups)
+        missing: Counter[str] = Counter()
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            counts = r.pubsub_numsub(*(f"bench:layer__group__{g}" for g in chunk))
+            for g, (_, n) in zip(chunk, counts, strict=True):
+                if not n:
+                    missing[g.split(".", 1)[0]] += 1
+        return {"user_groups": missing["u"], "conversation_groups": missing["c"], "checked": len(names)}
+
     def own_pids(self) -> list[int]:
         pids = [s.proc.pid for s in self.servers if s.proc and s.proc.poll() is None]
         pids += [w.proc.pid for w in self.workers if w.proc.pid]
@@ -652,7 +668,7 @@ class Bench:
             # Busy time of processes that are not the servers, redis or the load generator, in %
             # of the machine; PostgreSQL counts here (the chat server's queries run there).
             "other_busy_pct": 100 * ((sys1[0] - sys0[0]) - (own1 - own0) * CLK_TCK) / max(1.0, sys1[1] - sys0[1]),
-            "pg_sessions_opened": (pg1 - pg0 - 1) if pg0 >= 0 and pg1 >= 0 else None,
+            "pg_sessions_opened": max(0, pg1 - pg0 - 1) if pg0 >= 0 and pg1 >= 0 else None,
             "ok": ok,
         }
         if profiles:
@@ -760,7 +776,9 @@ class Bench:
                     "ramp_s": elapsed,
                     "connects_per_s": added / elapsed if elapsed > 0 else float("nan"),
                     "server_cpu_ms_per_connect": cpu_ramp / added * 1000 if added else float("nan"),
-                    "pg_sessions_per_connect": (pg1 - pg0 - 1) / added if pg0 >= 0 and pg1 >= 0 and added else None,
+                    "pg_sessions_per_connect": max(0, pg1 - pg0 - 1) / added
+                    if pg0 >= 0 and pg1 >= 0 and added
+                    else None,
                     "rss_kib": rss,
                     "kib_per_connection": (rss - rss0) / (total - warm_n) if total > warm_n else float("nan"),
                 }
@@ -851,6 +869,10 @@ class Bench:
             if after is None:
                 after = workers[0].recv(120)
             profiles = [self.finish_profiler(*spy) for spy in spies]
+            # Groups the survivor's sockets need that have no subscriber in Redis right now (the
+            # killed instance's subscriptions went with its connection).
+            needed = {f"u.{uid}" for uid, _, _, _ in pool} | {f"c.{conv}" for conv in convs}
+            unsubscribed = self.unsubscribed(needed) if target == "chat" else None
             time.sleep(2.0)  # the last live deliveries
             reports = call_all(workers, "report", timeout=60)
             # After the storm: one more message in every conversation; does every client get it live?
@@ -865,6 +887,9 @@ class Bench:
                     time.sleep(0.1)
                 live[f"received_within_{limit:g}s"] = got
             live.update(clients=connected, send_errors=check["errors"])
+            if target == "chat":
+                live["groups_without_subscriber_after_resume"] = unsubscribed
+                live["groups_without_subscriber_after_check"] = self.unsubscribed(needed)
             health = self.health(servers[1]) if target == "chat" else None
             rows = [c for r in reports for c in r["clients"]]
             dropped_rows = [c for c in rows if c["dropped_at"] is not None]
@@ -1060,8 +1085,34 @@ def _ratio(x: Any, y: Any) -> float | None:
         return None
 
 
+def s1_split(s1: dict[str, Any] | None, instances: int) -> dict[str, float] | None:
+    """S1 has one sender socket, on instance 0: the other instances only fan out. Their CPU per
+    delivery is the fan-out cost; what instance 0 spends beyond that for its own deliveries is
+    the cost of handling the sends (parse, persist, publish, ack), per message."""
+    if not s1 or instances < 2:
+        return None
+    cpu = s1.get("server_cpu_per_instance_s") or []
+    if len(cpu) != instances:
+        return None
+    sender_deliveries = s1["deliveries"] - s1["delivered"]
+    others = s1["latency_cross"]["n"] + sender_deliveries * (instances - 1) / instances
+    own = s1["latency_same"]["n"] + sender_deliveries / instances
+    if others <= 0 or not s1["sent"]:
+        return None
+    per_delivery = sum(cpu[1:]) / others
+    return {
+        "fanout_us_per_delivery": per_delivery * 1e6,
+        "send_path_ms_per_message": (cpu[0] - per_delivery * own) / s1["sent"] * 1e3,
+    }
+
+
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     t = results["targets"]
+    for target in t.values():
+        fan = target.get("fanout") or {}
+        split = s1_split(fan.get("s1"), fan.get("instances", 0))
+        if split:
+            fan["s1"]["cost_split"] = split
     chat, raw = t.get("chat", {}), t.get("raw", {})
 
     def common_rate_cpu() -> tuple[float | None, float | None, float | None]:
@@ -1148,6 +1199,11 @@ def render(results: dict[str, Any]) -> str:
         vals = [_get(t[n], "fanout", "s1", "cpu_us_per_delivery") for n in names]
         r = [_f(_ratio(vals[0], vals[1]), 2) + "x"] if len(vals) == 2 else []
         row("server CPU per delivery (us)", [_f(v) for v in vals] + r)
+        for key, label, nd in (("fanout_us_per_delivery", "  fan-out only, per delivery (us)", 1),
+                               ("send_path_ms_per_message", "  send path, per message (ms CPU)", 2)):  # fmt: skip
+            vals = [_get(t[n], "fanout", "s1", "cost_split", key) for n in names]
+            r = [_f(_ratio(vals[0], vals[1]), 2) + "x"] if len(vals) == 2 else []
+            row(label, [_f(v, nd) for v in vals] + r)
         vals = [_get(t[n], "fanout", "s1", "ack_p50_ms") for n in names]
         row("message.send ack p50 (ms)", [_f(v) for v in vals])
         lines.append("")
@@ -1314,6 +1370,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet-busy-pct", type=float, default=20, help="machine busy %% that counts as idle")
     p.add_argument("--noisy-pct", type=float, default=15, help="other processes' %% of the machine that is noise")
     p.add_argument("--noisy-retries", type=int, default=2, help="repeats of a step that failed in noise")
+    p.add_argument("--render", default="", help="print the table of a saved JSON result and exit")
     p.add_argument("--json", default=str(BENCH / "results" / "latest.json"))
     p.add_argument("--keep-logs", action="store_true", help="keep the work dir (server logs are copied next to --json)")
     args = p.parse_args(argv)
@@ -1327,6 +1384,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        results["summary"] = summarise(results)
+        print(render(results))
+        return 0
     bench = Bench(args)
 
     def on_term(signum: int, frame: Any) -> None:
