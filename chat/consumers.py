@@ -19,6 +19,8 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
+from redis.exceptions import RedisError
 
 from chatproject import metrics
 from chatproject.db import db_call
@@ -120,13 +122,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 ),
                 "hello",
             )
-            await hub.register(self, conversations)
+            # Marked first: if routing or the registry fails half-way, the disconnect that
+            # follows the 1011 close undoes whatever part of it was done (both are idempotent).
             self.registered = True
+            await hub.register(self, conversations)
             self.registry_entry = self._registry_entry()
             became_online = await get_registry().add(self.registry_entry)
             self.writer = asyncio.get_running_loop().create_task(self._write_loop())
             if became_online:
                 await db_call(presence_services.went_online)(user_id=self.user_id)
+        except (TimeoutError, ConnectionError, RedisError, DatabaseError) as exc:
+            # Expected when Redis or the database is slow or away (a reconnect storm): one
+            # line, no traceback to format for each of thousands of sockets.
+            logger.warning("connect failed", extra={"error": exc.__class__.__name__})
+            self.close_with(CLOSE_FANOUT_LOST)
+            return
         except Exception:
             logger.exception("connect failed")
             self.close_with(CLOSE_FANOUT_LOST)

@@ -182,8 +182,10 @@ class Hub:
     # --- membership ---------------------------------------------------------------------------
 
     async def _group_add(self, group: str) -> None:
-        self.groups.add(group)
+        # Marked only once subscribed: a failed add leaves the group unmarked, so the next
+        # socket that needs it tries again (the periodic refresh re-adds marked groups only).
         await asyncio.wait_for(self.layer.group_add(group, self.channel_name), LAYER_OP_TIMEOUT_SECONDS)
+        self.groups.add(group)
 
     async def _group_discard(self, group: str) -> None:
         self.groups.discard(group)

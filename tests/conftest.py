@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import pytest
+from django.core.management.base import CommandError
+from django.test import TransactionTestCase
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -11,6 +15,29 @@ from chatproject import redis_client
 from presence import registry
 from tests.factories import ConversationFactory, UserFactory
 from tests.plugin import session_redis
+
+
+_log = logging.getLogger("tests")
+_original_fixture_teardown = TransactionTestCase._fixture_teardown
+
+
+def _fixture_teardown_retrying(self: TransactionTestCase) -> None:
+    """Integration tests keep real server processes running across tests, and their background
+    loops (presence grace, reaping, outbox) write to the same database. The TRUNCATE of a
+    transactional test's teardown can then lose a deadlock to one of those transactions; that
+    says nothing about the code under test, so the flush is tried again."""
+    for attempt in range(5):
+        try:
+            _original_fixture_teardown(self)
+            return
+        except CommandError as exc:
+            if attempt == 4:
+                raise
+            _log.warning("test database flush failed (%s: %s), retrying", type(exc.__cause__).__name__, exc.__cause__)
+            time.sleep(0.2 * (attempt + 1))
+
+
+TransactionTestCase._fixture_teardown = _fixture_teardown_retrying  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)

@@ -81,3 +81,38 @@ async def test_probe_round_trips_through_the_layer(pair):
     latency = await hub.probe(timeout=2)
     assert 0 <= latency < 2
     await b.close()
+
+
+async def test_connect_whose_subscribe_fails_leaves_nothing_behind(pair, monkeypatch):
+    """A subscribe that times out during connect closes the socket with 1011 and undoes the
+    routing: no phantom consumer in the hub (connections.local stays true), no registry entry,
+    and the group is not marked, so the next connect subscribes for real."""
+    from chat.events import user_group
+    from presence.registry import get_registry
+
+    _, bob, conv = pair
+    await hub.ensure_started()
+    real_group_add = hub.layer.group_add
+    calls = []
+
+    async def failing_group_add(group, channel):
+        calls.append(group)
+        raise TimeoutError
+
+    monkeypatch.setattr(hub.layer, "group_add", failing_group_add)
+    b = await connect(bob)
+    # The hello was queued but never written: the socket is not routed, so it only gets 1011.
+    assert not b.hello
+    assert b.backlog == [{"type": "__closed__", "code": 1011}]
+    assert calls, "the failing subscribe was reached"
+    await b.close()  # the server's websocket.disconnect after the close handshake
+    assert not [c for c in hub.consumers if c.user_id == bob.pk]
+    assert bob.pk not in hub.by_user and str(conv.id) not in hub.by_conv
+    assert user_group(bob.pk) not in hub.groups
+    assert await get_registry().user_connections(bob.pk) == []
+
+    monkeypatch.setattr(hub.layer, "group_add", real_group_add)
+    b2 = await connect(bob)
+    assert user_group(bob.pk) in hub.groups and conversation_group(conv.id) in hub.groups
+    assert [c.connection_id for c in await get_registry().user_connections(bob.pk)] == [b2.hello["connection_id"]]
+    await b2.close()
