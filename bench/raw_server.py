@@ -52,18 +52,31 @@ async def main(args: argparse.Namespace) -> None:
                 await pubsub.subscribe(f"raw:c:{cid}")
             local[cid].add(ws)
         try:
-            await ws.send(dumps({"type": "hello", "connection_id": uuid.uuid4().hex, "instance_id": args.instance_id,
-                                 "user": {"id": user["user_id"], "username": user["username"]},
-                                 "heartbeat_interval": 25}))
+            await ws.send(
+                dumps(
+                    {
+                        "type": "hello",
+                        "connection_id": uuid.uuid4().hex,
+                        "instance_id": args.instance_id,
+                        "user": {"id": user["user_id"], "username": user["username"]},
+                        "heartbeat_interval": 25,
+                    }
+                )
+            )
             async for text in ws:
                 frame = json.loads(text)
                 kind, rid = frame.get("type"), frame.get("id")
                 if kind == "message.send":
                     cid = frame["conversation_id"]
-                    msg = {"id": str(uuid.uuid4()), "conversation_id": cid, "seq": await r.incr(f"raw:seq:{cid}"),
-                           "sender_id": user["user_id"], "body": frame["body"],
-                           "client_msg_id": frame.get("client_msg_id"),
-                           "created_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")}
+                    msg = {
+                        "id": str(uuid.uuid4()),
+                        "conversation_id": cid,
+                        "seq": await r.incr(f"raw:seq:{cid}"),
+                        "sender_id": user["user_id"],
+                        "body": frame["body"],
+                        "client_msg_id": frame.get("client_msg_id"),
+                        "created_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+                    }
                     await r.publish(f"raw:c:{cid}", dumps({"type": "message.new", "message": msg}))
                     await ws.send(dumps({"type": "ack", "id": rid, "message": msg, "repeat": False}))
                 elif kind == "resume":

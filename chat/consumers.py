@@ -333,9 +333,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def on_read(self, data: dict[str, Any]) -> dict[str, Any]:
         cid = _required(data, "conversation_id")
-        result = await db_call(services.read_mark)(
-            user_id=self.user_id, conversation_id=cid, seq=data.get("seq")
-        )
+        result = await db_call(services.read_mark)(user_id=self.user_id, conversation_id=cid, seq=data.get("seq"))
         return {"conversation_id": str(cid), "seq": result.seq, "read_at": iso(result.read_at)}
 
     async def on_resume(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -354,9 +352,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await db_call(selectors.conversation_for)(user_id=self.user_id, conversation_id=cid)
             self.resuming[cid] = []
             try:
-                rows = await db_call(selectors.messages_after)(
-                    conversation_id=cid, after_seq=after, limit=limit + 1
-                )
+                rows = await db_call(selectors.messages_after)(conversation_id=cid, after_seq=after, limit=limit + 1)
                 last = after
                 for row in rows[:limit]:
                     await self._drain_below(self.queue_limit // 2)

@@ -424,9 +424,7 @@ class Hub:
         if timer:
             timer.cancel()
         if frame.get("state") == "start" and self.loop is not None:
-            self.typing_timers[key] = self.loop.call_later(
-                settings.TYPING_EXPIRY_SECONDS, self._typing_expired, key
-            )
+            self.typing_timers[key] = self.loop.call_later(settings.TYPING_EXPIRY_SECONDS, self._typing_expired, key)
 
     def _typing_expired(self, key: tuple[str, int]) -> None:
         self.typing_timers.pop(key, None)

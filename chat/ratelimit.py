@@ -69,9 +69,7 @@ def check_send_rate(*, user_id: int) -> None:
         from chatproject import metrics
 
         metrics.RATE_LIMIT_HITS.inc()
-        raise RateLimited(
-            f"Sending too fast; retry in {retry_after:.1f} s.", retry_after=round(retry_after, 3)
-        )
+        raise RateLimited(f"Sending too fast; retry in {retry_after:.1f} s.", retry_after=round(retry_after, 3))
 
 
 def reset_local() -> None:

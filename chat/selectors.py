@@ -112,9 +112,7 @@ def messages_page(
 
 def messages_after(*, conversation_id: uuid.UUID | str, after_seq: int, limit: int) -> list[Message]:
     """For resume: no participation check here, the caller has done it."""
-    return list(
-        Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).order_by("seq")[:limit]
-    )
+    return list(Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).order_by("seq")[:limit])
 
 
 def read_receipts(*, user_id: int, conversation_id: object) -> list[dict[str, Any]]:

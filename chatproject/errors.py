@@ -198,9 +198,7 @@ def handler500(request: HttpRequest) -> HttpResponse:
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
-        return JsonResponse(
-            {"status": 403, "code": "permission_denied", "detail": "Forbidden."}, status=403
-        )
+        return JsonResponse({"status": 403, "code": "permission_denied", "detail": "Forbidden."}, status=403)
     from django.views.defaults import permission_denied
 
     return permission_denied(request, exception or DjangoPermissionDenied())
@@ -208,9 +206,7 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
-        return JsonResponse(
-            {"status": 400, "code": "bad_request", "detail": "Bad request.", "errors": {}}, status=400
-        )
+        return JsonResponse({"status": 400, "code": "bad_request", "detail": "Bad request.", "errors": {}}, status=400)
     from django.views.defaults import bad_request
 
     return bad_request(request, exception or Exception())

@@ -59,9 +59,7 @@ def get_sync() -> redis.Redis:
                     sentinel = Sentinel(cfg["sentinels"], socket_timeout=SOCKET_TIMEOUT)
                     _sync_client = sentinel.master_for(cfg["sentinel_master"], **_common_kwargs())
                 else:
-                    _sync_client = redis.Redis(
-                        host=cfg["host"], port=cfg["port"], ssl=cfg["ssl"], **_common_kwargs()
-                    )
+                    _sync_client = redis.Redis(host=cfg["host"], port=cfg["port"], ssl=cfg["ssl"], **_common_kwargs())
     return _sync_client
 
 

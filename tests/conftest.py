@@ -16,7 +16,6 @@ from presence import registry
 from tests.factories import ConversationFactory, UserFactory
 from tests.plugin import session_redis
 
-
 _log = logging.getLogger("tests")
 _original_fixture_teardown = TransactionTestCase._fixture_teardown
 

@@ -53,8 +53,16 @@ class FirestoreEmulator:
             raise RuntimeError("java is needed to run the Firestore emulator (apt-get install default-jre-headless)")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [java, "-Duser.language=en", "-cp", find_jar(), MAIN_CLASS, "start",
-                 "--host=127.0.0.1", f"--port={self.port}"],
+                [
+                    java,
+                    "-Duser.language=en",
+                    "-cp",
+                    find_jar(),
+                    MAIN_CLASS,
+                    "start",
+                    "--host=127.0.0.1",
+                    f"--port={self.port}",
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

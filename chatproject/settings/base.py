@@ -194,9 +194,7 @@ REDIS_PORT = env_int("REDIS_PORT", 6379, minimum=1)
 REDIS_PASSWORD = env_str("REDIS_PASSWORD")
 REDIS_SSL = env_bool("REDIS_SSL", False)
 REDIS_DB = env_int("REDIS_DB", 0, minimum=0)
-REDIS_SENTINELS = (
-    parse_hostports("REDIS_SENTINELS", env_str("REDIS_SENTINELS")) if env_str("REDIS_SENTINELS") else []
-)
+REDIS_SENTINELS = parse_hostports("REDIS_SENTINELS", env_str("REDIS_SENTINELS")) if env_str("REDIS_SENTINELS") else []
 REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "chat")
 

@@ -345,9 +345,7 @@ async def test_http_send_is_delivered_like_a_websocket_send(trio):
     from tests.conftest import client_for
 
     def post():
-        return client_for(alice).post(
-            f"/api/conversations/{conv.id}/messages/", {"body": "via http"}, format="json"
-        )
+        return client_for(alice).post(f"/api/conversations/{conv.id}/messages/", {"body": "via http"}, format="json")
 
     response = await database_sync_to_async(post)()
     assert response.status_code == 201
