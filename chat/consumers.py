@@ -2,8 +2,9 @@
 
 Thin by design: parse a frame, call the same service as the HTTP view, answer ``ack`` or
 ``error``. Events arrive through the instance's hub (chat/fanout.py), not through a channel of
-this consumer, and leave through a bounded queue drained by one writer task: a client that
-reads too slowly is closed with 4008 instead of growing this process's memory.
+this consumer, and leave through a bounded queue drained by a writer task that runs only
+while frames are queued: a client that reads too slowly is closed with 4008 instead of growing
+this process's memory, and an idle socket holds no task.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -42,6 +44,7 @@ CLOSE_DISCONNECTED = 4000
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_TOO_BIG = 1009
 CLOSE_ABUSE = 1008
+CLOSE_ABNORMAL = 1006  # recorded, never sent: the socket was gone when a write failed
 
 ABUSE_WINDOW_SECONDS = 10.0
 ABUSE_MAX_STRIKES = 20
@@ -60,12 +63,30 @@ def _conversation_seqs(user_id: int) -> dict[str, int]:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
-    # No channel per consumer: the hub holds one per instance and fans out to local sockets.
-    channel_layer_alias = "__no_per_consumer_channel__"
-
     user_id: int
     connection_id: str
     registry_entry: Connection | None = None
+    writer: asyncio.Task[None] | None = None
+    drain_waiter: asyncio.Future[None] | None = None
+    strikes: deque[float] | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' consumer loop without its per-consumer and per-frame extras: no channel of
+        its own (the hub holds one per instance and fans out to local sockets), no task per
+        receive, and no ``aclose_old_connections`` thread hop per frame (database work goes
+        through ``db_call``, which manages connections in its worker thread)."""
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                message = await receive()
+                handler = _ASGI_HANDLERS.get(message["type"])
+                if handler is None:
+                    raise ValueError(f"No handler for message type {message['type']}")
+                await handler(self, message)
+        except StopConsumer:
+            pass
 
     # --- connection lifecycle -------------------------------------------------------------------
 
@@ -77,14 +98,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.resuming: dict[str, list[tuple[int, str]]] = {}
         self.queue: deque[str] = deque()
         self.queue_limit: int = settings.WS_SEND_QUEUE_FRAMES  # read once: push() runs per delivery
-        self.wakeup = asyncio.Event()
-        self.drained = asyncio.Event()
         self.drain_mark = 0
         self.closing: int | None = None
         self.registered = False
-        self.strikes: deque[float] = deque()
+        self.ready = False  # frames are written once the socket is routed and registered
         self.last_touch = time.monotonic()
-        self.writer: asyncio.Task[None] | None = None
         connection_id_var.set(self.connection_id)
 
         user = self.scope.get("user")
@@ -128,9 +146,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await hub.register(self, conversations)
             self.registry_entry = self._registry_entry()
             became_online = await get_registry().add(self.registry_entry)
-            self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+            self.ready = True
+            self._start_writer()
             if became_online:
-                await db_call(presence_services.went_online)(user_id=self.user_id)
+                await db_call(presence_services.went_online)(user_id=self.user_id, conversation_ids=list(conversations))
         except (TimeoutError, ConnectionError, RedisError, DatabaseError) as exc:
             # Expected when Redis or the database is slow or away (a reconnect storm): one
             # line, no traceback to format for each of thousands of sockets.
@@ -197,7 +216,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.queue.append(text)
         metrics.frame_out(frame_type)
-        self.wakeup.set()
+        if self.writer is None and self.ready:
+            self.writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     def push_message(self, cid: str, seq: int, text: str) -> None:
         held = self.resuming.get(cid)
@@ -216,35 +236,51 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.closing = code
         self.queue.clear()
-        self.wakeup.set()
-        self.drained.set()
+        self._release_drain_waiter()
         if self.writer is None:
-            asyncio.get_running_loop().create_task(self.close(code=code))
+            # No writer running: close now (a running one closes when its current send returns).
+            self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _start_writer(self) -> None:
+        if self.writer is None and (self.queue or self.closing is not None):
+            self.writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
+        """Send what is queued, then end: the next push starts a new writer. One task per burst
+        of frames rather than one per socket, so idle sockets cost no task and no wake-up."""
         try:
-            while True:
-                await self.wakeup.wait()
-                self.wakeup.clear()
-                send = self.base_send  # the server's send: no wrapper layers per frame
-                while self.queue and self.closing is None:
-                    await send({"type": "websocket.send", "text": self.queue.popleft()})
-                    if len(self.queue) <= self.drain_mark:
-                        self.drained.set()
-                if self.closing is not None:
-                    await self.close(code=self.closing)
-                    return
+            send = self.base_send  # the server's send: no wrapper layers per frame
+            queue = self.queue
+            while queue and self.closing is None:
+                await send({"type": "websocket.send", "text": queue.popleft()})
+                if self.drain_waiter is not None and len(queue) <= self.drain_mark:
+                    self._release_drain_waiter()
+            if self.closing is not None:
+                await self.close(code=self.closing)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.info("write failed; socket gone", extra={"error": repr(exc)[:200]})
+            # Nothing more can be written; the server's disconnect event follows.
+            self.closing = self.closing or CLOSE_ABNORMAL
+            self.queue.clear()
+        finally:
+            self.writer = None
+            self._release_drain_waiter()
+
+    def _release_drain_waiter(self) -> None:
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _drain_below(self, size: int) -> None:
         """Wait until the writer has sent all but ``size`` queued frames (resume pacing)."""
         self.drain_mark = size
         while len(self.queue) > size and self.closing is None:
-            self.drained.clear()
-            await self.drained.wait()
+            if self.writer is None:
+                self._start_writer()
+            self.drain_waiter = asyncio.get_running_loop().create_future()
+            await self.drain_waiter
 
     def reply(self, frame: dict[str, Any]) -> None:
         self.push(encode(frame), frame["type"])
@@ -301,6 +337,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def _strike(self, *, rate_limited: bool) -> None:
         """Sustained invalid frames or rate-limit violations close the socket with 1008."""
         now = time.monotonic()
+        if self.strikes is None:
+            self.strikes = deque()
         self.strikes.append(now)
         while self.strikes and now - self.strikes[0] > ABUSE_WINDOW_SECONDS:
             self.strikes.popleft()
@@ -394,6 +432,12 @@ def _required(data: dict[str, Any], name: str) -> Any:
         raise Invalid.field(name, "This field is required.")
     return value
 
+
+_ASGI_HANDLERS: dict[str, Callable[[ChatConsumer, dict[str, Any]], Awaitable[None]]] = {
+    "websocket.connect": ChatConsumer.websocket_connect,
+    "websocket.receive": ChatConsumer.websocket_receive,
+    "websocket.disconnect": ChatConsumer.websocket_disconnect,
+}
 
 HANDLERS: dict[str, Handler] = {
     "message.send": ChatConsumer.on_message_send,

@@ -169,5 +169,18 @@ def disconnect_user(*, user_id: int, code: int) -> None:
     send_event_on_commit(user_group(user_id), None, control={"op": "disconnect", "user_id": user_id, "code": code})
 
 
-def presence(*, user_ids: list[int], frame: dict[str, Any]) -> None:
-    send_event_on_commit([user_group(uid) for uid in user_ids], frame)
+def presence(
+    *, user_id: int, version: int, conversation_ids: list[str], public: dict[str, Any], private: dict[str, Any]
+) -> None:
+    """The public view to everyone sharing a conversation with the user, the private one to the
+    user's own sockets, in one event published to each of the user's conversation groups and
+    to the user's group (for a user without conversations). An instance that gets it through
+    several of them delivers it once: the hub keeps the last version it delivered per user."""
+    message = {
+        "type": "fanout",
+        "frame": public,
+        "private": private,
+        "presence": {"user_id": user_id, "version": version, "conversation_ids": conversation_ids},
+    }
+    groups = [conversation_group(cid) for cid in conversation_ids] + [user_group(user_id)]
+    transaction.on_commit(lambda: publish(groups, message))

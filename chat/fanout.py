@@ -58,6 +58,10 @@ CLOSE_FANOUT_LOST = 1011
 CLOSE_SHUTDOWN = 1012
 
 
+# Per-user presence versions remembered for deduplication; cleared wholesale at this size.
+PRESENCE_SEEN_MAX = 100_000
+
+
 def encode(frame: dict[str, Any]) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
@@ -78,6 +82,7 @@ class Hub:
         self.pending: dict[str, dict[int, tuple[dict[str, Any], str]]] = defaultdict(dict)
         self.gap_tasks: dict[str, asyncio.Task[None]] = {}
         self.typing_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
+        self.presence_seen: dict[int, int] = {}  # user id -> last presence version delivered here
         self.probe_waiters: dict[str, asyncio.Future[None]] = {}
         self.tasks: list[asyncio.Task[Any]] = []
         self.healthy = True
@@ -277,6 +282,9 @@ class Hub:
             return
         if kind != "fanout":
             return
+        if "presence" in message:
+            self._presence(message)
+            return
         group: str = message.get("group", "")
         control = message.get("control")
         frame = message.get("frame")
@@ -304,6 +312,37 @@ class Hub:
             if only is not None and consumer.user_id != only:
                 continue
             consumer.push(text, frame_type)
+
+    def _presence(self, message: dict[str, Any]) -> None:
+        """One presence change, which arrives once per conversation group of the user (and the
+        user's group) that this instance subscribes to: the first copy delivers, the others and
+        anything older than what was delivered are dropped. Every local socket that shares a
+        conversation with the user gets the public view once; the user's own sockets get the
+        private one."""
+        info = message["presence"]
+        user_id, version = int(info["user_id"]), int(info["version"])
+        if self.presence_seen.get(user_id, -1) >= version:
+            return
+        if len(self.presence_seen) >= PRESENCE_SEEN_MAX:
+            # A copy delivered twice after this is harmless: clients keep the highest version.
+            self.presence_seen.clear()
+        self.presence_seen[user_id] = version
+        own = self.by_user.get(user_id, ())
+        if own:
+            text = encode(message["private"])
+            for consumer in own:
+                consumer.push(text, "presence")
+        audience: set[ChatConsumer] = set()
+        for cid in info["conversation_ids"]:
+            members = self.by_conv.get(cid)
+            if members:
+                audience.update(members)
+        if not audience:
+            return
+        text = encode(message["frame"])
+        for consumer in audience:
+            if consumer.user_id != user_id:
+                consumer.push(text, "presence")
 
     def _targets(self, group: str) -> set[ChatConsumer]:
         kind, _, ident = group.partition(".")

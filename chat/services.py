@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from chatproject import metrics, redis_client
@@ -154,6 +155,8 @@ def message_send(*, sender_id: int, conversation_id: object, body: Any, client_m
             return SendResult(original, True)
     check_send_rate(user_id=sender_id)
     try:
+        if connection.vendor == "postgresql":
+            return _send_one_statement(cid, sender_id, body, client_msg_id)
         return _send_locked(cid, sender_id, body, client_msg_id)
     except IntegrityError:
         # A concurrent send with the same client_msg_id won the race; its transaction rolled
@@ -176,10 +179,68 @@ def _check_participant(cid: uuid.UUID, user_id: int) -> None:
         raise NotParticipant()
 
 
+def _send_sql() -> str:
+    # Only table names from the models' own metadata are formatted in; values are parameters.
+    conv, part, msg = Conversation._meta, Participant._meta, Message._meta
+    return f"""
+WITH c AS (
+    UPDATE {conv.db_table} SET last_seq = last_seq + 1, last_message_at = %(now)s
+    WHERE id = %(cid)s AND EXISTS (
+        SELECT 1 FROM {part.db_table} WHERE conversation_id = %(cid)s AND user_id = %(sender)s
+    )
+    RETURNING last_seq
+)
+INSERT INTO {msg.db_table} (id, conversation_id, seq, sender_id, body, client_msg_id, created_at)
+SELECT %(id)s, %(cid)s, c.last_seq, %(sender)s, %(body)s, %(client_msg_id)s, %(now)s FROM c
+RETURNING seq
+"""  # noqa: S608
+
+
+_SEND_SQL = _send_sql()
+
+
+def _send_one_statement(cid: uuid.UUID, sender_id: int, body: str, client_msg_id: str | None) -> SendResult:
+    """The send in one round trip (PostgreSQL): the UPDATE takes the conversation's row lock and
+    the next seq, the INSERT stores the message, both or neither (one statement). A concurrent
+    sender of the same conversation waits on the row lock and then sees the new last_seq, so
+    seqs stay gap-free and unique; a duplicate client_msg_id fails the whole statement."""
+    now = timezone.now()
+    message_id = uuid.uuid4()
+    params: dict[str, Any] = {
+        "cid": cid,
+        "sender": sender_id,
+        "now": now,
+        "id": message_id,
+        "body": body,
+        "client_msg_id": client_msg_id,
+    }
+    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+        cursor.execute(_SEND_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        _check_participant(cid, sender_id)
+        raise NotParticipant()  # removed between the statement and the check
+    message = Message(
+        id=message_id,
+        conversation_id=cid,
+        seq=row[0],
+        sender_id=sender_id,
+        body=body,
+        client_msg_id=client_msg_id,
+        created_at=now,
+    )
+    message._state.adding = False
+    message._state.db = connection.alias
+    metrics.MESSAGES_PERSISTED.inc()
+    events.message_new(message)
+    return SendResult(message, False)
+
+
 @transaction.atomic
 def _send_locked(cid: uuid.UUID, sender_id: int, body: str, client_msg_id: str | None) -> SendResult:
-    # The row lock on the conversation serialises senders of one conversation (PostgreSQL);
-    # SQLite runs IMMEDIATE transactions, which serialise every writer.
+    # The ORM form of the send, for databases other than PostgreSQL (the embedded SQLite):
+    # SQLite runs IMMEDIATE transactions, which serialise every writer; elsewhere the row lock
+    # on the conversation serialises the senders of one conversation.
     conversation = Conversation.objects.select_for_update().only("id", "last_seq").filter(pk=cid).first()
     if conversation is None:
         raise NotFound("No such conversation.")

@@ -3,7 +3,9 @@
 Every change of a user's presence bumps ``UserStatus.version`` in one transaction, which also
 queues the new state for Firestore (the outbox) and, after commit, sends ``presence`` events:
 the user's own sockets see their real status; everyone sharing a conversation sees the public
-view (``invisible`` and offline users as ``offline``).
+view (``invisible`` and offline users as ``offline``). The public event goes once to each of
+the user's conversation groups, not to each contact: a user in a 200-member conversation costs
+one publish, and each instance delivers it once per local socket (chat/fanout.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chat import events
-from chat.selectors import contact_ids
+from chat.models import Participant
 from chatproject.errors import Invalid, NotFound
 
 from .models import StatusOutbox, UserStatus
@@ -42,27 +44,42 @@ def presence_view(row: UserStatus, *, public: bool) -> dict[str, Any]:
 
 
 def _row_for_update(user_id: int) -> UserStatus:
+    row = UserStatus.objects.select_for_update().filter(user_id=user_id).first()
+    if row is not None:
+        return row
     try:
         with transaction.atomic():
-            UserStatus.objects.get_or_create(user_id=user_id)
+            UserStatus.objects.create(user_id=user_id)
     except IntegrityError:  # created concurrently
         pass
     return UserStatus.objects.select_for_update().get(user_id=user_id)
 
 
-def _publish(row: UserStatus) -> None:
+def _publish(row: UserStatus, conversation_ids: list[str] | None = None) -> None:
+    """Queue the state for Firestore and send the events after commit. ``conversation_ids``
+    (the user's conversations) saves a query when the caller already has them."""
     public = presence_view(row, public=True)
-    events.presence(user_ids=contact_ids(user_id=row.user_id), frame={"type": "presence", **public})
-    events.presence(user_ids=[row.user_id], frame={"type": "presence", **presence_view(row, public=False)})
-    now = timezone.now()
-    outbox, created = StatusOutbox.objects.get_or_create(
+    if conversation_ids is None:
+        conversation_ids = [
+            str(cid)
+            for cid in Participant.objects.filter(user_id=row.user_id).values_list("conversation_id", flat=True)
+        ]
+    events.presence(
         user_id=row.user_id,
-        defaults={"version": row.version, "payload": public, "enqueued_at": now, "next_attempt_at": now},
+        version=row.version,
+        conversation_ids=conversation_ids,
+        public={"type": "presence", **public},
+        private={"type": "presence", **presence_view(row, public=False)},
     )
-    if not created:
-        # Coalesce: only the latest state is sent; the lag counts from the oldest unsent one.
-        outbox.version, outbox.payload, outbox.next_attempt_at, outbox.attempts = row.version, public, now, 0
-        outbox.save(update_fields=["version", "payload", "next_attempt_at", "attempts"])
+    now = timezone.now()
+    # Coalesce: only the latest state is sent; the lag counts from the oldest unsent one.
+    updated = StatusOutbox.objects.filter(user_id=row.user_id).update(
+        version=row.version, payload=public, next_attempt_at=now, attempts=0
+    )
+    if not updated:
+        StatusOutbox.objects.create(
+            user_id=row.user_id, version=row.version, payload=public, enqueued_at=now, next_attempt_at=now
+        )
 
 
 @transaction.atomic
@@ -83,7 +100,7 @@ def status_set(*, user_id: int, status: Any, text: Any = None) -> dict[str, Any]
 
 
 @transaction.atomic
-def went_online(*, user_id: int) -> None:
+def went_online(*, user_id: int, conversation_ids: list[str] | None = None) -> None:
     """The user's first connection anywhere (after being offline)."""
     row = _row_for_update(user_id)
     if row.online:
@@ -92,7 +109,7 @@ def went_online(*, user_id: int) -> None:
     row.last_seen = timezone.now()
     row.version += 1
     row.save(update_fields=["online", "last_seen", "version", "updated_at"])
-    _publish(row)
+    _publish(row, conversation_ids)
 
 
 @transaction.atomic

@@ -152,3 +152,31 @@ def test_status_endpoints(db, user, other_user, staff_user):
     assert_error(client_for(user).get("/api/users/999999/status/"), 404, "not_found")
     assert_error(client_for(user).put("/api/me/status/", {"status": "nap"}, format="json"), 400, "invalid")
     assert_error(client_for(user).put("/api/me/status/", {"text": "x"}, format="json"), 400, "invalid")
+
+
+async def test_contact_in_several_shared_conversations_gets_each_change_once(trio):
+    """The public event goes to each shared conversation's group; the hub delivers it once."""
+    alice, bob, _ = trio
+    for _ in range(2):
+        await database_sync_to_async(ConversationFactory)(owner=alice, members=[bob])
+    b1 = await connect(bob)
+    b2 = await connect(bob)
+    a = await connect(alice)
+    await a.request({"type": "status.set", "id": "1", "status": "busy"})
+    for client in (b1, b2):
+        frames = await presence_frames(client, 1.0, alice.pk)
+        assert [(f["status"], f["online"]) for f in frames] == [("online", True), ("busy", True)]
+        assert frames[0]["version"] < frames[1]["version"]
+    own = await presence_frames(a, 0.3, alice.pk)
+    assert [f["status"] for f in own] == ["online", "busy"]
+    for client in (a, b1, b2):
+        await client.close()
+
+
+async def test_user_without_conversations_still_sees_their_own_status(trio):
+    _, _, eve = trio
+    e = await connect(eve)
+    await e.request({"type": "status.set", "id": "1", "status": "away", "text": "lunch"})
+    frames = await presence_frames(e, 1.0, eve.pk)
+    assert [(f["status"], f["text"]) for f in frames][-1] == ("away", "lunch")
+    await e.close()

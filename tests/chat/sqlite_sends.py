@@ -1,0 +1,66 @@
+"""Run by tests/chat/test_sqlite_sends.py in a fresh process on an SQLite database (the embedded
+mode's default): concurrent sends through chat.services, then the stored seqs as JSON."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import django
+
+django.setup()
+
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from chat import services  # noqa: E402
+from chat.models import Conversation, Message  # noqa: E402
+from tests.factories import ConversationFactory, UserFactory  # noqa: E402
+
+
+def main() -> None:
+    call_command("migrate", verbosity=0)
+    senders = [UserFactory() for _ in range(4)]
+    conversation = ConversationFactory(owner=senders[0], members=senders[1:])
+    count = 40
+    errors: list[str] = []
+    barrier = threading.Barrier(count, timeout=60)
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            services.message_send(
+                sender_id=senders[i % 4].pk,
+                conversation_id=conversation.id,
+                body=f"m{i}",
+                client_msg_id=f"c{i % 30}" if i % 4 == 0 else None,
+            )
+        except Exception as exc:
+            errors.append(repr(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    repeat = services.message_send(
+        sender_id=senders[0].pk, conversation_id=conversation.id, body="x", client_msg_id="c0"
+    )
+    print(
+        json.dumps(
+            {
+                "vendor": connection.vendor,
+                "errors": errors,
+                "seqs": list(
+                    Message.objects.filter(conversation=conversation).order_by("seq").values_list("seq", flat=True)
+                ),
+                "last_seq": Conversation.objects.get(pk=conversation.pk).last_seq,
+                "repeat": repeat.repeat,
+            }
+        )
+    )
+
+
+main()
