@@ -23,6 +23,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from chatproject.db import defer_to_loop
+
 if TYPE_CHECKING:
     from .models import Conversation, Message
 
@@ -92,13 +94,28 @@ def publish(groups: list[str], message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None or not groups:
         return
+    # Inside a db_call (a consumer's service call): publish on the event loop as soon as the
+    # call returns, before the ack, without blocking this worker thread on a hop to the loop.
+    if defer_to_loop(lambda: _publish_on_loop(layer, groups, message)):
+        return
     try:
         async_to_sync(_send_all)(layer, groups, message)
     except Exception as exc:
-        from chatproject import metrics
+        _publish_failed(groups, exc)
 
-        metrics.LAYER_ERRORS.labels(op="group_send").inc()
-        logger.warning("event publish failed", extra={"groups": len(groups), "error": exc.__class__.__name__})
+
+async def _publish_on_loop(layer: Any, groups: list[str], message: dict[str, Any]) -> None:
+    try:
+        await _send_all(layer, groups, message)
+    except Exception as exc:
+        _publish_failed(groups, exc)
+
+
+def _publish_failed(groups: list[str], exc: Exception) -> None:
+    from chatproject import metrics
+
+    metrics.LAYER_ERRORS.labels(op="group_send").inc()
+    logger.warning("event publish failed", extra={"groups": len(groups), "error": exc.__class__.__name__})
 
 
 def send_event_on_commit(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
@@ -14,22 +15,53 @@ R = TypeVar("R")
 
 _in_flight = 0
 
+# Work that code inside a db_call hands back to the event loop (see defer_to_loop).
+_loop_work: ContextVar[list[Callable[[], Awaitable[None]]] | None] = ContextVar("db_loop_work", default=None)
+
+
+def defer_to_loop(factory: Callable[[], Awaitable[None]]) -> bool:
+    """From code running inside ``db_call``: await ``factory()`` on the event loop right after
+    the call returns (or raises), before its caller resumes. Returns False outside a db_call,
+    where the caller has to do the work itself. This is how events published by a service
+    called from a consumer skip the hop from the worker thread back to the loop."""
+    work = _loop_work.get()
+    if work is None:
+        return False
+    work.append(factory)
+    return True
+
 
 def db_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """Run ``func`` in the thread pool with Django's connection handling (old connections are
     closed around it). Not thread-sensitive: channels' default runs every database call of the
     process on one shared thread, which would queue all sockets behind the slowest query (or
     behind a Firestore call stuck on a timeout)."""
-    wrapped: Any = database_sync_to_async(func, thread_sensitive=False)
+
+    def in_thread(*args: Any, **kwargs: Any) -> tuple[bool, Any, list[Callable[[], Awaitable[None]]]]:
+        work: list[Callable[[], Awaitable[None]]] = []
+        token = _loop_work.set(work)
+        try:
+            return True, func(*args, **kwargs), work
+        except Exception as exc:
+            return False, exc, work
+        finally:
+            _loop_work.reset(token)
+
+    wrapped: Any = database_sync_to_async(in_thread, thread_sensitive=False)
 
     @functools.wraps(func)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
         global _in_flight
         _in_flight += 1
         try:
-            return await wrapped(*args, **kwargs)  # type: ignore[no-any-return]
+            ok, value, work = await wrapped(*args, **kwargs)
         finally:
             _in_flight -= 1
+        for factory in work:
+            await factory()
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
 
     return call
 
