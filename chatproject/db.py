@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
+from django.db import connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,6 +33,27 @@ def defer_to_loop(factory: Callable[[], Awaitable[None]]) -> bool:
     return True
 
 
+# A connection that served a call without error this recently is not health-checked again
+# (Django's CONN_HEALTH_CHECKS would otherwise add a "SELECT 1" round trip to every db_call,
+# since each one starts like a new request). One that died in between fails its next query;
+# Django then closes it at the end of that call, and the call after gets a fresh one.
+HEALTH_CHECK_AFTER_IDLE_SECONDS = 5.0
+
+
+def _trust_recently_used_connections() -> None:
+    now = time.monotonic()
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and now - getattr(conn, "chat_last_ok", -1e9) < HEALTH_CHECK_AFTER_IDLE_SECONDS:
+            conn.health_check_done = True  # type: ignore[attr-defined]
+
+
+def _mark_connections_used() -> None:
+    now = time.monotonic()
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and not conn.errors_occurred:
+            conn.chat_last_ok = now  # type: ignore[attr-defined]
+
+
 def db_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """Run ``func`` in the thread pool with Django's connection handling (old connections are
     closed around it). Not thread-sensitive: channels' default runs every database call of the
@@ -40,8 +63,11 @@ def db_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     def in_thread(*args: Any, **kwargs: Any) -> tuple[bool, Any, list[Callable[[], Awaitable[None]]]]:
         work: list[Callable[[], Awaitable[None]]] = []
         token = _loop_work.set(work)
+        _trust_recently_used_connections()
         try:
-            return True, func(*args, **kwargs), work
+            result = func(*args, **kwargs)
+            _mark_connections_used()
+            return True, result, work
         except Exception as exc:
             return False, exc, work
         finally:

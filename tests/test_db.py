@@ -49,3 +49,42 @@ async def test_outside_a_db_call_nothing_is_deferred():
 
     assert defer_to_loop(never) is False
     assert await asyncio.to_thread(defer_to_loop, never) is False
+
+
+def _backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_calls_recover_after_the_database_dropped_their_connections():
+    """Recently used connections skip the per-call health check; one the database dropped in
+    between fails its next call once, is closed, and the calls after it work again."""
+    from django.db import OperationalError, connection
+
+    pids = {await db_call(_backend_pid)() for _ in range(20)}
+
+    def terminate() -> None:  # on a thread of its own, with a connection of its own
+        try:
+            with connection.cursor() as cursor:
+                for pid in pids:
+                    cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        finally:
+            connection.close()
+
+    killer = threading.Thread(target=terminate)
+    killer.start()
+    await asyncio.to_thread(killer.join, 30)
+    failures = 0
+    results = []
+    for _ in range(40):
+        try:
+            results.append(await db_call(_backend_pid)())
+        except OperationalError:
+            failures += 1
+    assert failures <= len(pids)
+    assert len(results) == 40 - failures
+    assert not set(results[-5:]) & pids, "the dropped connections were replaced"
