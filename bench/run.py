@@ -264,6 +264,7 @@ class Bench:
             LOG_LEVEL="WARNING",
             RATE_LIMIT_MESSAGES="100000/s burst 100000",
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+            CHANNEL_LAYER_BACKEND=self.args.layer,
         )
 
     def prepare_source(self) -> None:
@@ -1177,7 +1178,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB, Linux {m['kernel']}, Python {m['python']}",
         f"chat: uvicorn --loop uvloop --http httptools --ws {cfg['ws']} ({cfg['server']}), "
-        f"{cfg['instances']} instances; raw: bench/raw_server.py, {cfg['instances']} instances; one redis-server, "
+        f"channel layer {cfg.get('layer', 'pubsub')}, {cfg['instances']} instances; "
+        f"raw: bench/raw_server.py, {cfg['instances']} instances; one redis-server, "
         f"PostgreSQL on 127.0.0.1; {cfg['receivers']} receivers, {cfg['senders']} sender sockets",
         "",
     ]
@@ -1334,6 +1336,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--instances", type=int, default=2)
     p.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
     p.add_argument("--ws", default="websockets-sansio", help="uvicorn --ws implementation")
+    p.add_argument(
+        "--layer",
+        choices=["pubsub", "core"],
+        default="pubsub",
+        help="the chat server's CHANNEL_LAYER_BACKEND: RedisPubSubChannelLayer or RedisChannelLayer",
+    )
     p.add_argument("--source", default=str(ROOT), help="source tree of the chat server (default: this checkout)")
     p.add_argument("--source-rev", default="", help="run the chat server from this git revision (exported)")
     p.add_argument("--receivers", type=int, default=200)
