@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
 
 from channels.layers import get_channel_layer
@@ -85,6 +85,9 @@ class Hub:
         self.presence_seen: dict[int, int] = {}  # user id -> last presence version delivered here
         self.probe_waiters: dict[str, asyncio.Future[None]] = {}
         self.tasks: list[asyncio.Task[Any]] = []
+        self.subscribing: dict[str, asyncio.Future[None]] = {}
+        self.subscribe_queue: deque[str] = deque()
+        self.subscriber: asyncio.Task[None] | None = None
         self.healthy = True
         self.shutting_down = False
         self.started = False
@@ -187,10 +190,50 @@ class Hub:
     # --- membership ---------------------------------------------------------------------------
 
     async def _group_add(self, group: str) -> None:
-        # Marked only once subscribed: a failed add leaves the group unmarked, so the next
-        # socket that needs it tries again (the periodic refresh re-adds marked groups only).
-        await asyncio.wait_for(self.layer.group_add(group, self.channel_name), LAYER_OP_TIMEOUT_SECONDS)
-        self.groups.add(group)
+        """Subscribe this instance to ``group`` (once, however many sockets need it). The
+        subscriptions are made by one task, in a row: during a reconnect storm a thousand
+        connecting sockets would otherwise each queue for the layer's lock, one event-loop turn
+        per hand-over, and time out. A group is marked only once subscribed: a failed add leaves
+        it unmarked, so the next socket that needs it tries again."""
+        if group in self.groups:
+            return
+        waiter = self.subscribing.get(group)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            # Retrieved here, so a failure nobody waits for any more is not reported as lost.
+            waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self.subscribing[group] = waiter
+            self.subscribe_queue.append(group)
+            if self.subscriber is None:
+                self.subscriber = asyncio.get_running_loop().create_task(self._subscribe_queued())
+        await asyncio.wait_for(asyncio.shield(waiter), LAYER_OP_TIMEOUT_SECONDS)
+
+    async def _subscribe_queued(self) -> None:
+        try:
+            while self.subscribe_queue:
+                group = self.subscribe_queue.popleft()
+                waiter = self.subscribing.pop(group)
+                try:
+                    await asyncio.wait_for(self.layer.group_add(group, self.channel_name), LAYER_OP_TIMEOUT_SECONDS)
+                except Exception as exc:
+                    metrics.LAYER_ERRORS.labels(op="group_add").inc()
+                    waiter.set_exception(exc)
+                    continue
+                if self._wanted(group):
+                    self.groups.add(group)
+                else:  # its last socket left while the subscription was queued
+                    await self._group_discard(group)
+                waiter.set_result(None)
+        finally:
+            self.subscriber = None
+
+    def _wanted(self, group: str) -> bool:
+        kind, _, ident = group.partition(".")
+        if kind == "c":
+            return ident in self.by_conv
+        if kind == "u":
+            return ident.isdigit() and int(ident) in self.by_user
+        return True
 
     async def _group_discard(self, group: str) -> None:
         self.groups.discard(group)
@@ -217,8 +260,11 @@ class Hub:
             self.by_conv[cid].add(consumer)
             if conversation_group(cid) not in self.groups:
                 new_groups.append(conversation_group(cid))
-        for group in new_groups:
-            await self._group_add(group)
+        if len(new_groups) == 1:
+            await self._group_add(new_groups[0])
+        elif new_groups:
+            # All queued at once (one subscriber task makes them in a row), then awaited.
+            await asyncio.gather(*(self._group_add(group) for group in new_groups))
 
     async def unregister(self, consumer: ChatConsumer) -> None:
         self.consumers.discard(consumer)

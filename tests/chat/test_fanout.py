@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -116,3 +118,29 @@ async def test_connect_whose_subscribe_fails_leaves_nothing_behind(pair, monkeyp
     assert user_group(bob.pk) in hub.groups and conversation_group(conv.id) in hub.groups
     assert [c.connection_id for c in await get_registry().user_connections(bob.pk)] == [b2.hello["connection_id"]]
     await b2.close()
+
+
+async def test_concurrent_connects_subscribe_each_group_once(monkeypatch):
+    """Sockets connecting at the same time share the instance's subscriptions: one subscribe
+    per group, made in a row by the hub, and every socket is fed afterwards."""
+    from chat.events import user_group
+
+    users = await database_sync_to_async(lambda: [UserFactory() for _ in range(30)])()
+    conv = await database_sync_to_async(ConversationFactory)(owner=users[0], members=users[1:])
+    await hub.ensure_started()
+    real_group_add = hub.layer.group_add
+    calls: list[str] = []
+
+    async def counting_group_add(group, channel):
+        calls.append(group)
+        await real_group_add(group, channel)
+
+    monkeypatch.setattr(hub.layer, "group_add", counting_group_add)
+    clients = await asyncio.gather(*(connect(u) for u in users))
+    assert all(c.hello for c in clients)
+    assert sorted(calls) == sorted([conversation_group(conv.id)] + [user_group(u.pk) for u in users])
+    msg = await database_sync_to_async(_store)(conv, users[0], [1])
+    await _publish(conv, msg[0])
+    for client in clients:
+        assert await _seqs(client, 1) == [1]
+    await asyncio.gather(*(c.close() for c in clients))
