@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from channels.exceptions import StopConsumer
@@ -207,8 +207,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- outgoing -------------------------------------------------------------------------------
 
     def push(self, text: str, frame_type: str) -> None:
-        """Queue one encoded frame; overflow closes the socket with 4008 (slow consumer)."""
+        """Send one encoded frame, or queue it behind the frames still being written; overflow
+        of the queue closes the socket with 4008 (slow consumer)."""
         if self.closing is not None:
+            return
+        if self.writer is None and self.ready and not self.queue:
+            metrics.frame_out(frame_type)
+            self._send_eagerly(text)
             return
         if len(self.queue) >= self.queue_limit:
             logger.warning("outgoing queue overflow", extra={"queued": len(self.queue)})
@@ -218,6 +223,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
         metrics.frame_out(frame_type)
         if self.writer is None and self.ready:
             self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _send_eagerly(self, text: str) -> None:
+        """Start the server's send right here, in the caller's loop over sockets. It almost
+        always completes without waiting (the transport takes the bytes), and then no task was
+        needed. One that has to wait (the client's transport is full) is finished by this
+        socket's writer task, so the caller never waits for a slow client; frames pushed
+        meanwhile queue behind it, in order."""
+        coro = self.base_send({"type": "websocket.send", "text": text})
+        try:
+            blocker = coro.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:
+            self._write_failed(exc)
+            return
+        self.writer = asyncio.get_running_loop().create_task(self._write_loop((coro, blocker)))
 
     def push_message(self, cid: str, seq: int, text: str) -> None:
         held = self.resuming.get(cid)
@@ -245,10 +266,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.writer is None and (self.queue or self.closing is not None):
             self.writer = asyncio.get_running_loop().create_task(self._write_loop())
 
-    async def _write_loop(self) -> None:
-        """Send what is queued, then end: the next push starts a new writer. One task per burst
-        of frames rather than one per socket, so idle sockets cost no task and no wake-up."""
+    async def _write_loop(self, started: tuple[Coroutine[Any, Any, Any], Any] | None = None) -> None:
+        """Finish a send that had to wait (``started``), send what is queued, then end: the next
+        push sends eagerly again or starts a new writer. Idle sockets hold no task."""
         try:
+            if started is not None:
+                await finish_started(*started)
             send = self.base_send  # the server's send: no wrapper layers per frame
             queue = self.queue
             while queue and self.closing is None:
@@ -260,13 +283,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.info("write failed; socket gone", extra={"error": repr(exc)[:200]})
-            # Nothing more can be written; the server's disconnect event follows.
-            self.closing = self.closing or CLOSE_ABNORMAL
-            self.queue.clear()
+            self._write_failed(exc)
         finally:
             self.writer = None
             self._release_drain_waiter()
+
+    def _write_failed(self, exc: Exception) -> None:
+        logger.info("write failed; socket gone", extra={"error": repr(exc)[:200]})
+        # Nothing more can be written; the server's disconnect event follows.
+        self.closing = self.closing or CLOSE_ABNORMAL
+        self.queue.clear()
 
     def _release_drain_waiter(self) -> None:
         waiter, self.drain_waiter = self.drain_waiter, None
@@ -424,6 +450,30 @@ class ChatConsumer(AsyncWebsocketConsumer):
             frame["id"] = data["id"]
         self.reply(frame)
         return None
+
+
+async def finish_started(coro: Coroutine[Any, Any, Any], blocker: Any) -> None:
+    """Drive ``coro`` to its end the way an asyncio task would, from the point where a first
+    ``coro.send(None)`` returned ``blocker`` (the future it waits on, or None for a bare yield).
+    The outcome of each future reaches the coroutine when it resumes; cancelling the awaiting
+    task closes the coroutine."""
+    while True:
+        if blocker is None:
+            await asyncio.sleep(0)
+        else:
+            # What a task does with a future its coroutine yields: take over the "blocking"
+            # mark the coroutine's await set, so this task can await the same future.
+            blocker._asyncio_future_blocking = False
+            try:
+                await blocker
+            except BaseException:
+                if not blocker.done():  # this task was cancelled, not the future
+                    coro.close()
+                    raise
+        try:
+            blocker = coro.send(None)
+        except StopIteration:
+            return
 
 
 def _required(data: dict[str, Any], name: str) -> Any:
