@@ -123,6 +123,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
 
         await self.accept()
+        await hub.ensure_started()
+        async with hub.connect_slots:
+            if not await self._set_up():
+                return
+        metrics.CONNECTS.inc()
+        logger.info("connected", extra={"auth": self.scope.get("auth_method")})
+
+    async def _set_up(self) -> bool:
+        """The connect work: routing, registry, presence. False when it failed (the socket is
+        then closed with 1011, and the disconnect that follows undoes what was done)."""
         try:
             conversations = await db_call(_conversation_seqs)(self.user_id)
             self.conversations = set(conversations)
@@ -155,13 +165,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # line, no traceback to format for each of thousands of sockets.
             logger.warning("connect failed", extra={"error": exc.__class__.__name__})
             self.close_with(CLOSE_FANOUT_LOST)
-            return
+            return False
         except Exception:
             logger.exception("connect failed")
             self.close_with(CLOSE_FANOUT_LOST)
-            return
-        metrics.CONNECTS.inc()
-        logger.info("connected", extra={"auth": self.scope.get("auth_method")})
+            return False
+        return True
 
     async def _refuse(self, code: int) -> None:
         await self.accept()
@@ -412,11 +421,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         limit = settings.RESUME_MAX_PER_CONVERSATION
         resumed: dict[str, int] = {}
         for cid, after in parsed.items():
-            # Participation is checked now, at the time of the action.
-            await db_call(selectors.conversation_for)(user_id=self.user_id, conversation_id=cid)
+            # Held from before the query: a live message arriving meanwhile waits for the rows.
             self.resuming[cid] = []
             try:
-                rows = await db_call(selectors.messages_after)(conversation_id=cid, after_seq=after, limit=limit + 1)
+                # Participation is checked now, at the time of the action.
+                rows = await db_call(selectors.resume_messages)(
+                    user_id=self.user_id, conversation_id=cid, after_seq=after, limit=limit + 1
+                )
                 last = after
                 for row in rows[:limit]:
                     await self._drain_below(self.queue_limit // 2)

@@ -52,6 +52,7 @@ GROUP_REFRESH_SECONDS = 30.0
 GAP_WAIT_SECONDS = 0.5
 GAP_FETCH_MAX = 500
 LAYER_OP_TIMEOUT_SECONDS = 3.0
+CONNECT_CONCURRENCY = 64
 PRESENCE_POLL_SECONDS = 0.5
 
 CLOSE_FANOUT_LOST = 1011
@@ -88,6 +89,10 @@ class Hub:
         self.subscribing: dict[str, asyncio.Future[None]] = {}
         self.subscribe_queue: deque[str] = deque()
         self.subscriber: asyncio.Task[None] | None = None
+        # Sockets doing their connect work (database, subscriptions, registry) at once; the
+        # others wait for a slot instead of all crawling along on a saturated loop until
+        # their Redis and database timeouts fire (a reconnect storm).
+        self.connect_slots = asyncio.Semaphore(CONNECT_CONCURRENCY)
         self.healthy = True
         self.shutting_down = False
         self.started = False
@@ -214,7 +219,10 @@ class Hub:
                 group = self.subscribe_queue.popleft()
                 waiter = self.subscribing.pop(group)
                 try:
-                    await asyncio.wait_for(self.layer.group_add(group, self.channel_name), LAYER_OP_TIMEOUT_SECONDS)
+                    # No task per subscribe (as wait_for would make): a subscribe that needs no
+                    # wait runs inline, so a queue of them is drained in one turn of the loop.
+                    async with asyncio.timeout(LAYER_OP_TIMEOUT_SECONDS):
+                        await self.layer.group_add(group, self.channel_name)
                 except Exception as exc:
                     metrics.LAYER_ERRORS.labels(op="group_add").inc()
                     waiter.set_exception(exc)

@@ -115,6 +115,16 @@ def messages_after(*, conversation_id: uuid.UUID | str, after_seq: int, limit: i
     return list(Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).order_by("seq")[:limit])
 
 
+def resume_messages(*, user_id: int, conversation_id: object, after_seq: int, limit: int) -> list[Message]:
+    """Participation checked now (404 or 403 as ``conversation_for``), then the messages after
+    ``after_seq`` in seq order: one database call for each conversation of a resume."""
+    cid = parse_conversation_id(conversation_id)
+    if not Participant.objects.filter(conversation_id=cid, user_id=user_id).exists():
+        conversation_for(user_id=user_id, conversation_id=cid)  # raises the precise error
+        raise NotParticipant()
+    return messages_after(conversation_id=cid, after_seq=after_seq, limit=limit)
+
+
 def read_receipts(*, user_id: int, conversation_id: object) -> list[dict[str, Any]]:
     conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
     from .events import iso

@@ -4,6 +4,8 @@ import logging
 import time
 from typing import Any
 
+import channels.db as channels_db
+import django.db as django_db
 import pytest
 from django.core.management.base import CommandError
 from django.test import TransactionTestCase
@@ -49,6 +51,11 @@ def _fresh_state() -> Any:
     services._local_tickets.clear()
     registry.reset_registry()
     yield
+    # channels' test communicators patch channels.db.close_old_connections with a no-op while
+    # they run; communicators running concurrently (asyncio.gather) can undo those patches out
+    # of order and leave the no-op in place, which would stop db_call from closing broken
+    # connections in later tests.
+    channels_db.close_old_connections = django_db.close_old_connections
 
 
 @pytest.fixture
