@@ -123,7 +123,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
 
         await self.accept()
-        await hub.ensure_started()
+        try:
+            await hub.ensure_started()  # the first socket on this loop starts the hub
+        except Exception as exc:
+            logger.warning("connect failed", extra={"error": exc.__class__.__name__})
+            self.close_with(CLOSE_FANOUT_LOST)
+            return
         async with hub.connect_slots:
             if not await self._set_up():
                 return

@@ -210,7 +210,9 @@ class Hub:
             self.subscribing[group] = waiter
             self.subscribe_queue.append(group)
             if self.subscriber is None:
-                self.subscriber = asyncio.get_running_loop().create_task(self._subscribe_queued())
+                self.subscriber = asyncio.get_running_loop().create_task(
+                    self._subscribe_queued(), context=contextvars.Context()
+                )
         await asyncio.wait_for(asyncio.shield(waiter), LAYER_OP_TIMEOUT_SECONDS)
 
     async def _subscribe_queued(self) -> None:

@@ -21,6 +21,7 @@ from chat import events
 from chat.models import Participant
 from chatproject.errors import Invalid, NotFound
 
+from . import firestore
 from .models import StatusOutbox, UserStatus
 from .registry import get_registry, user_connection_count_blocking
 
@@ -71,15 +72,21 @@ def _publish(row: UserStatus, conversation_ids: list[str] | None = None) -> None
         public={"type": "presence", **public},
         private={"type": "presence", **presence_view(row, public=False)},
     )
+    if firestore.enabled():  # without Firestore there is nothing to queue (presence_resync fills it later)
+        _queue_for_firestore(row, public)
+
+
+def _queue_for_firestore(row: UserStatus, public: dict[str, Any]) -> None:
     now = timezone.now()
     # Coalesce: only the latest state is sent; the lag counts from the oldest unsent one.
-    updated = StatusOutbox.objects.filter(user_id=row.user_id).update(
-        version=row.version, payload=public, next_attempt_at=now, attempts=0
-    )
-    if not updated:
-        StatusOutbox.objects.create(
-            user_id=row.user_id, version=row.version, payload=public, enqueued_at=now, next_attempt_at=now
-        )
+    fields = {"version": row.version, "payload": public, "next_attempt_at": now, "attempts": 0}
+    if StatusOutbox.objects.filter(user_id=row.user_id).update(**fields):
+        return
+    try:
+        with transaction.atomic():
+            StatusOutbox.objects.create(user_id=row.user_id, enqueued_at=now, **fields)
+    except IntegrityError:  # queued concurrently (presence_resync): overwrite with this state
+        StatusOutbox.objects.filter(user_id=row.user_id).update(**fields)
 
 
 @transaction.atomic

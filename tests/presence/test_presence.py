@@ -180,3 +180,18 @@ async def test_user_without_conversations_still_sees_their_own_status(trio):
     frames = await presence_frames(e, 1.0, eve.pk)
     assert [(f["status"], f["text"]) for f in frames][-1] == ("away", "lunch")
     await e.close()
+
+
+async def test_nothing_is_queued_for_firestore_when_it_is_off(trio, settings):
+    settings.FIRESTORE_PROJECT_ID = ""
+    alice, bob, _ = trio
+    b = await connect(bob)
+    a = await connect(alice)
+    await of(b, alice.pk)
+    await a.request({"type": "status.set", "id": "1", "status": "busy"})
+    await of(b, alice.pk)
+    from presence.models import StatusOutbox
+
+    assert await database_sync_to_async(StatusOutbox.objects.count)() == 0
+    for client in (a, b):
+        await client.close()
