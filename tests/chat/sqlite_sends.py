@@ -4,7 +4,6 @@ mode's default): concurrent sends through chat.services, then the stored seqs as
 from __future__ import annotations
 
 import json
-import threading
 
 import django
 
@@ -15,6 +14,7 @@ from django.db import connection  # noqa: E402
 
 from chat import services  # noqa: E402
 from chat.models import Conversation, Message  # noqa: E402
+from tests.chat.test_services import run_concurrently  # noqa: E402
 from tests.factories import ConversationFactory, UserFactory  # noqa: E402
 
 
@@ -23,28 +23,17 @@ def main() -> None:
     senders = [UserFactory() for _ in range(4)]
     conversation = ConversationFactory(owner=senders[0], members=senders[1:])
     count = 40
-    errors: list[str] = []
-    barrier = threading.Barrier(count, timeout=60)
 
     def work(i: int) -> None:
-        try:
-            barrier.wait()
-            services.message_send(
-                sender_id=senders[i % 4].pk,
-                conversation_id=conversation.id,
-                body=f"m{i}",
-                client_msg_id=f"c{i % 30}" if i % 4 == 0 else None,
-            )
-        except Exception as exc:
-            errors.append(repr(exc))
-        finally:
-            connection.close()
+        services.message_send(
+            sender_id=senders[i % 4].pk,
+            conversation_id=conversation.id,
+            body=f"m{i}",
+            client_msg_id=f"c{i % 30}" if i % 4 == 0 else None,
+        )
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    _, failures = run_concurrently(count, work)
+    errors = [repr(exc) for exc in failures]
     repeat = services.message_send(
         sender_id=senders[0].pk, conversation_id=conversation.id, body="x", client_msg_id="c0"
     )
