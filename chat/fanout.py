@@ -219,7 +219,9 @@ class Hub:
         try:
             while self.subscribe_queue:
                 group = self.subscribe_queue.popleft()
-                waiter = self.subscribing.pop(group)
+                # The waiter stays listed until the subscribe is done, so a socket that needs
+                # the group meanwhile waits for this one instead of subscribing again.
+                waiter = self.subscribing[group]
                 try:
                     # No task per subscribe (as wait_for would make): a subscribe that needs no
                     # wait runs inline, so a queue of them is drained in one turn of the loop.
@@ -227,8 +229,10 @@ class Hub:
                         await self.layer.group_add(group, self.channel_name)
                 except Exception as exc:
                     metrics.LAYER_ERRORS.labels(op="group_add").inc()
+                    del self.subscribing[group]
                     waiter.set_exception(exc)
                     continue
+                del self.subscribing[group]
                 if self._wanted(group):
                     self.groups.add(group)
                 else:  # its last socket left while the subscription was queued

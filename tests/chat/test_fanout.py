@@ -137,10 +137,12 @@ async def test_concurrent_connects_subscribe_each_group_once(monkeypatch):
 
     monkeypatch.setattr(hub.layer, "group_add", counting_group_add)
     clients = await asyncio.gather(*(connect(u) for u in users))
-    assert all(c.hello for c in clients)
-    assert sorted(calls) == sorted([conversation_group(conv.id)] + [user_group(u.pk) for u in users])
-    msg = await database_sync_to_async(_store)(conv, users[0], [1])
-    await _publish(conv, msg[0])
-    for client in clients:
-        assert await _seqs(client, 1) == [1]
-    await asyncio.gather(*(c.close() for c in clients))
+    try:
+        assert all(c.hello for c in clients)
+        assert sorted(calls) == sorted([conversation_group(conv.id)] + [user_group(u.pk) for u in users])
+        msg = await database_sync_to_async(_store)(conv, users[0], [1])
+        await _publish(conv, msg[0])
+        for client in clients:
+            assert await _seqs(client, 1) == [1]
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
