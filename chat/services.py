@@ -219,7 +219,7 @@ def _send_one_statement(cid: uuid.UUID, sender_id: int, body: str, client_msg_id
         row = cursor.fetchone()
     if row is None:
         _check_participant(cid, sender_id)
-        raise NotParticipant()  # removed between the statement and the check
+        raise NotParticipant()  # added only after the statement ran: not a participant at the send
     message = Message(
         id=message_id,
         conversation_id=cid,
