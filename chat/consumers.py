@@ -235,8 +235,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.queue.append(text)
         metrics.frame_out(frame_type)
-        if self.writer is None and self.ready:
-            self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+        if self.ready:
+            self._start_writer()
 
     def _send_eagerly(self, text: str) -> None:
         """Start the server's send right here, in the caller's loop over sockets. It almost
@@ -272,9 +272,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.closing = code
         self.queue.clear()
         self._release_drain_waiter()
-        if self.writer is None:
-            # No writer running: close now (a running one closes when its current send returns).
-            self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+        # With no writer running, one starts to close now; a running one closes when its
+        # current send returns.
+        self._start_writer()
 
     def _start_writer(self) -> None:
         if self.writer is None and (self.queue or self.closing is not None):

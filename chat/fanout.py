@@ -242,12 +242,8 @@ class Hub:
             self.subscriber = None
 
     def _wanted(self, group: str) -> bool:
-        kind, _, ident = group.partition(".")
-        if kind == "c":
-            return ident in self.by_conv
-        if kind == "u":
-            return ident.isdigit() and int(ident) in self.by_user
-        return True
+        # The instance group always; a user or conversation group while a local socket needs it.
+        return group == self.instance_group or bool(self._targets(group))
 
     async def _group_discard(self, group: str) -> None:
         self.groups.discard(group)

@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chat import events
-from chat.models import Participant
+from chat.selectors import conversation_ids_of
 from chatproject.errors import Invalid, NotFound
 
 from . import firestore
@@ -61,10 +61,7 @@ def _publish(row: UserStatus, conversation_ids: list[str] | None = None) -> None
     (the user's conversations) saves a query when the caller already has them."""
     public = presence_view(row, public=True)
     if conversation_ids is None:
-        conversation_ids = [
-            str(cid)
-            for cid in Participant.objects.filter(user_id=row.user_id).values_list("conversation_id", flat=True)
-        ]
+        conversation_ids = conversation_ids_of(user_id=row.user_id)
     events.presence(
         user_id=row.user_id,
         version=row.version,
