@@ -20,7 +20,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 from django.utils.http import is_same_domain
 
-from chatproject.db import db_call
+from core.db import db_call
 
 
 class OptionalOriginValidator(OriginValidator):

@@ -24,10 +24,10 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from chatproject import metrics
-from chatproject.db import db_call
-from chatproject.errors import ApplicationError, Invalid, RateLimited, internal_error_body
-from chatproject.logging import connection_id_var, user_id_var
+from core import metrics
+from core.db import db_call
+from core.errors import ApplicationError, Invalid, RateLimited, internal_error_body
+from core.logging import connection_id_var, user_id_var
 from presence import selectors as presence_selectors
 from presence import services as presence_services
 from presence.registry import Connection, get_registry

@@ -23,7 +23,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from chatproject.db import defer_to_loop
+from core.db import defer_to_loop
 
 if TYPE_CHECKING:
     from .models import Conversation, Message
@@ -112,7 +112,7 @@ async def _publish_on_loop(layer: Any, groups: list[str], message: dict[str, Any
 
 
 def _publish_failed(groups: list[str], exc: Exception) -> None:
-    from chatproject import metrics
+    from core import metrics
 
     metrics.LAYER_ERRORS.labels(op="group_send").inc()
     logger.warning("event publish failed", extra={"groups": len(groups), "error": exc.__class__.__name__})

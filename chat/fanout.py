@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chatproject import metrics
-from chatproject.db import db_call
-from chatproject.db import drain as db_drain
+from core import metrics
+from core.db import db_call
+from core.db import drain as db_drain
 from presence import firestore
 
 from .events import conversation_group, user_group

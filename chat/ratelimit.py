@@ -11,8 +11,8 @@ import time
 
 from django.conf import settings
 
-from chatproject import redis_client
-from chatproject.errors import RateLimited
+from core import redis_client
+from core.errors import RateLimited
 
 # KEYS[1] bucket hash; ARGV: rate per second, burst, now (seconds, float), cost.
 # Returns {allowed (0/1), seconds until a token is available (string)}.
@@ -66,7 +66,7 @@ def check_send_rate(*, user_id: int) -> None:
     else:
         ok, retry_after = _take_local(bucket, rate, burst, now)
     if not ok:
-        from chatproject import metrics
+        from core import metrics
 
         metrics.RATE_LIMIT_HITS.inc()
         raise RateLimited(f"Sending too fast; retry in {retry_after:.1f} s.", retry_after=round(retry_after, 3))

@@ -11,7 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.db.models.functions import Coalesce
 
-from chatproject.errors import Invalid, NotFound, NotParticipant
+from core.errors import Invalid, NotFound, NotParticipant
 
 from .models import Conversation, Message, Participant
 

@@ -14,8 +14,8 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from chatproject import metrics, redis_client
-from chatproject.errors import Invalid, NotFound, NotParticipant, PermissionDenied
+from core import metrics, redis_client
+from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
 
 from . import events
 from .models import Conversation, Message, Participant

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chatproject.errors import Invalid
+from core.errors import Invalid
 
 from . import selectors, services
 from .events import conversation_dict, iso, message_dict

@@ -14,8 +14,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.auth import OptionalOriginValidator, WebSocketAuthStack  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from chatproject.daphne_compat import patch_daphne  # noqa: E402
-from chatproject.startup import log_startup  # noqa: E402
+from core.daphne_compat import patch_daphne  # noqa: E402
+from core.startup import log_startup  # noqa: E402
 
 patch_daphne()
 log_startup()

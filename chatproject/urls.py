@@ -4,10 +4,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from health import views as health_views
 
-handler400 = "chatproject.errors.handler400"
-handler403 = "chatproject.errors.handler403"
-handler404 = "chatproject.errors.handler404"
-handler500 = "chatproject.errors.handler500"
+handler400 = "core.errors.handler400"
+handler403 = "core.errors.handler403"
+handler404 = "core.errors.handler404"
+handler500 = "core.errors.handler500"
 
 urlpatterns = [
     path("admin/", admin.site.urls),

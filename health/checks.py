@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from chatproject import metrics, redis_client
+from core import metrics, redis_client
 
 logger = logging.getLogger("health")
 

@@ -22,7 +22,7 @@ from django.urls import URLPattern, URLResolver, path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from chatproject.errors import ApplicationError
+from core.errors import ApplicationError
 
 from . import selectors, services
 from .models import StatusOutbox, UserStatus

@@ -22,8 +22,8 @@ from django.db import transaction
 from django.db.models import Min
 from django.utils import timezone
 
-from chatproject import metrics
-from chatproject.db import db_call
+from core import metrics
+from core.db import db_call
 
 logger = logging.getLogger("presence.firestore")
 

@@ -32,8 +32,8 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
-from chatproject import redis_client
-from chatproject.redis_client import key
+from core import redis_client
+from core.redis_client import key
 
 
 @dataclass

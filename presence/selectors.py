@@ -64,7 +64,7 @@ def instances() -> list[dict[str, Any]]:
 def presence_of(*, viewer_id: int, user_id: object, viewer_is_staff: bool = False) -> dict[str, Any]:
     """A user's presence as the viewer may see it: self, co-participants and staff; else 403."""
     from chat.selectors import active_user, shares_conversation
-    from chatproject.errors import PermissionDenied
+    from core.errors import PermissionDenied
 
     from .models import UserStatus
     from .services import presence_view

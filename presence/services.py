@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from chat import events
 from chat.selectors import conversation_ids_of
-from chatproject.errors import Invalid, NotFound
+from core.errors import Invalid, NotFound
 
 from . import firestore
 from .models import StatusOutbox, UserStatus

@@ -13,7 +13,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from chat import ratelimit, services
-from chatproject import redis_client
+from core import redis_client
 from presence import registry
 from tests.factories import ConversationFactory, UserFactory
 from tests.plugin import session_redis

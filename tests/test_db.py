@@ -1,4 +1,4 @@
-"""chatproject.db: work deferred from inside a db_call runs on the event loop before the caller
+"""core.db: work deferred from inside a db_call runs on the event loop before the caller
 resumes, also when the call raises; outside a db_call nothing is deferred."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from chatproject.db import db_call, defer_to_loop
+from core.db import db_call, defer_to_loop
 
 
 async def test_deferred_work_runs_on_the_loop_before_the_caller_resumes():

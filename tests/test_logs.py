@@ -159,7 +159,7 @@ async def test_connect_and_disconnect_lines_carry_ids_and_no_credential_is_logge
 
 
 def test_formatter_masks_credentials_in_messages_and_drops_secret_fields():
-    from chatproject.logging import JsonFormatter
+    from core.logging import JsonFormatter
 
     record = logging.LogRecord(
         "uvicorn.error",

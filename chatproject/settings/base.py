@@ -15,91 +15,19 @@ from typing import Any
 
 import dj_database_url
 
+from .env import (
+    ConfigError,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    parse_hostports,
+    parse_rate,
+    port_open,
+)
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
-
-
-class _ConfigError(SystemExit):
-    def __init__(self, name: str, problem: str) -> None:
-        super().__init__(f"configuration error: {name}: {problem}")
-
-
-def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default).strip()
-
-
-def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _ConfigError(name, f"expected a whole number, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise _ConfigError(name, f"must be at least {minimum}, got {value}")
-    return value
-
-
-def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _ConfigError(name, f"expected a number, got {raw!r}") from None
-    if value < minimum:
-        raise _ConfigError(name, f"must be at least {minimum}, got {value}")
-    return value
-
-
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise _ConfigError(name, f"expected true or false, got {raw!r}")
-
-
-def env_list(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
-
-
-def parse_rate(name: str, raw: str) -> tuple[float, int]:
-    """Parse ``"10/s burst 30"`` (also ``/m``) into (tokens per second, burst)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*([sm])\s*(?:burst\s+(\d+))?\s*", raw)
-    if not match:
-        raise _ConfigError(name, f"expected a rate like '10/s burst 30', got {raw!r}")
-    amount = float(match.group(1))
-    per_second = amount if match.group(2) == "s" else amount / 60.0
-    burst = int(match.group(3)) if match.group(3) else max(1, int(amount))
-    if per_second <= 0 or burst < 1:
-        raise _ConfigError(name, "rate and burst must be positive")
-    return per_second, burst
-
-
-def parse_hostports(name: str, raw: str) -> list[tuple[str, int]]:
-    result = []
-    for item in raw.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise _ConfigError(name, f"expected host:port[,host:port], got {item.strip()!r}")
-        result.append((host, int(port)))
-    return result
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.25):
-            return True
-    except OSError:
-        return False
 
 
 # --- Core -----------------------------------------------------------------------------------
@@ -112,7 +40,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTANCE_ID = env_str("INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}"
 if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", INSTANCE_ID):
-    raise _ConfigError("INSTANCE_ID", "use 1-64 letters, digits, '.', '_' or '-'")
+    raise ConfigError("INSTANCE_ID", "use 1-64 letters, digits, '.', '_' or '-'")
 
 INSTALLED_APPS = [
     "daphne",
@@ -171,7 +99,7 @@ try:
         DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0), conn_health_checks=True
     )
 except Exception as exc:  # dj-database-url raises several types for a bad URL
-    raise _ConfigError("DATABASE_URL", f"not a database URL ({exc.__class__.__name__})") from None
+    raise ConfigError("DATABASE_URL", f"not a database URL ({exc.__class__.__name__})") from None
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take the write lock up front, so concurrent sends queue on the
     # lock instead of failing with "database is locked" when they upgrade a read lock.
@@ -202,12 +130,12 @@ REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "chat")
 # or "cluster". Single mode is one process with an in-process channel layer.
 CHAT_MODE = env_str("CHAT_MODE", "auto").lower()
 if CHAT_MODE not in {"auto", "single", "cluster"}:
-    raise _ConfigError("CHAT_MODE", f"expected auto, single or cluster, got {CHAT_MODE!r}")
+    raise ConfigError("CHAT_MODE", f"expected auto, single or cluster, got {CHAT_MODE!r}")
 if CHAT_MODE == "auto":
     if REDIS_HOST or REDIS_SENTINELS:
         CHAT_MODE = "cluster"
     else:
-        CHAT_MODE = "cluster" if _port_open("localhost", REDIS_PORT) else "single"
+        CHAT_MODE = "cluster" if port_open("localhost", REDIS_PORT) else "single"
 REDIS_HOST = REDIS_HOST or "localhost"
 
 REDIS = {
@@ -239,7 +167,7 @@ def _layer_host() -> dict[str, Any] | str:
 # or "core" (RedisChannelLayer: lists and sorted sets, survives short subscriber gaps).
 CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER_BACKEND", "pubsub").lower()
 if CHANNEL_LAYER_BACKEND not in {"pubsub", "core"}:
-    raise _ConfigError("CHANNEL_LAYER_BACKEND", f"expected pubsub or core, got {CHANNEL_LAYER_BACKEND!r}")
+    raise ConfigError("CHANNEL_LAYER_BACKEND", f"expected pubsub or core, got {CHANNEL_LAYER_BACKEND!r}")
 if CHAT_MODE == "cluster" and CHANNEL_LAYER_BACKEND == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
@@ -315,7 +243,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "chatproject.errors.exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -341,15 +269,15 @@ WHITENOISE_USE_FINDERS = True
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-    raise _ConfigError("LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {LOG_LEVEL!r}")
+    raise ConfigError("LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {LOG_LEVEL!r}")
 LOG_FORMAT = env_str("LOG_FORMAT", "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "chatproject.logging.ContextFilter"}},
+    "filters": {"context": {"()": "core.logging.ContextFilter"}},
     "formatters": {
-        "json": {"()": "chatproject.logging.JsonFormatter"},
-        "plain": {"()": "chatproject.logging.KeyValueFormatter"},
+        "json": {"()": "core.logging.JsonFormatter"},
+        "plain": {"()": "core.logging.KeyValueFormatter"},
     },
     "handlers": {
         "console": {

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from chat import services
 from chat.models import Conversation, Message, Participant
-from chatproject import redis_client
+from core import redis_client
 from tests.conftest import assert_error, client_for
 from tests.factories import PASSWORD, ConversationFactory, UserFactory
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from chat import services
 from chat.models import Conversation, Message, Participant
-from chatproject.errors import Invalid, NotFound, NotParticipant, PermissionDenied, RateLimited
+from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied, RateLimited
 from tests.factories import ConversationFactory, UserFactory
 
 

@@ -14,8 +14,8 @@ from django.urls import reverse
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from chatproject import redis_client
-from chatproject.redis_client import key
+from core import redis_client
+from core.redis_client import key
 from presence.registry import Connection, RedisRegistry
 from tests.factories import UserFactory
 from tests.integration.conftest import database_url, token

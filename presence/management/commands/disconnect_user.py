@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chatproject.errors import ApplicationError
+from core.errors import ApplicationError
 from presence import services
 
 from ._cluster import from_registry, require_cluster

@@ -125,7 +125,7 @@ _DRF_CODES: list[tuple[type[Exception], int, str]] = [
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's EXCEPTION_HANDLER: every error leaves as the contract's envelope (and is counted)."""
-    from chatproject import metrics
+    from core import metrics
 
     response = _render(exc, context)
     metrics.ERRORS.labels(code=response.data.get("code", "error")).inc()
