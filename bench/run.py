@@ -49,7 +49,7 @@ sys.path.insert(0, str(BENCH))
 
 from loadgen import raise_nofile, worker_main  # noqa: E402
 
-from tests.servers import AppServer, RedisServer, app_env, wait_for_port  # noqa: E402
+from harness.processes import AppServer, RedisServer, app_env, wait_for_port  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CTX = mp.get_context("fork")

@@ -113,7 +113,7 @@ def assert_error(response, status: int, code: str) -> dict:
 
 @pytest.fixture(scope="session")
 def firestore_emulator_session():
-    from tests.firestore_emulator import FirestoreEmulator
+    from harness.firestore_emulator import FirestoreEmulator
 
     emulator = FirestoreEmulator().start()
     yield emulator

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.servers import RedisServer
+from harness.processes import RedisServer
 
 _redis: RedisServer | None = None
 

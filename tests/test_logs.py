@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
+from harness.processes import AppServer, start_all, stop_all
 from tests.factories import ConversationFactory, UserFactory
 from tests.integration.conftest import open_ws, start_cluster
-from tests.servers import AppServer, start_all, stop_all
 
 # One database mode for the whole module: pytest-django runs tests grouped by mode, which would
 # otherwise split the module and start its servers twice.

@@ -1031,7 +1031,7 @@ def redis_down(monkeypatch: pytest.MonkeyPatch) -> None:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from tests.servers import free_port
+    from harness.processes import free_port
 
     dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     monkeypatch.setattr(redis_client, "get_sync", lambda: dead)

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.servers import ROOT, app_env
+from harness.processes import ROOT, app_env
 
 
 def test_concurrent_sends_on_sqlite_get_gap_free_unique_seqs(tmp_path):

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tests.servers import AppServer
+from harness.processes import AppServer
 
 
 @dataclass

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import AppServer, RedisServer, SilentListener, app_env, closed_port, start_all, stop_all
 from tests.factories import UserFactory
 from tests.health.conftest import Reply, get
 from tests.integration.conftest import database_url, open_ws, token
-from tests.servers import AppServer, RedisServer, SilentListener, app_env, closed_port, start_all, stop_all
 
 # One database mode for the whole module: pytest-django runs tests grouped by mode, which would
 # otherwise split the module and start its servers twice.

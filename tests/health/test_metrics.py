@@ -9,10 +9,10 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import AppServer, app_env, start_all, stop_all, wait_registered
 from tests.factories import ConversationFactory, UserFactory
 from tests.health.conftest import get
 from tests.integration.conftest import open_ws, start_cluster, token
-from tests.servers import AppServer, app_env, start_all, stop_all, wait_registered
 
 # One database mode for the whole module: pytest-django runs tests grouped by mode, which would
 # otherwise split the module and start its servers twice.

@@ -18,8 +18,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from harness.processes import AppServer, Nginx, RedisServer
 from tests.factories import ConversationFactory, UserFactory
-from tests.servers import AppServer, Nginx, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def start_cluster(tmp_path: Path, *, servers: dict[str, str], nginx: bool = Fals
         **FAST_TIMINGS,
         **env,
     }
-    from tests.servers import app_env
+    from harness.processes import app_env
 
     full_env = app_env(**base_env)
     started: dict[str, AppServer] = {}

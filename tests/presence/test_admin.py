@@ -16,10 +16,10 @@ from websockets.sync.client import ClientConnection, connect
 
 from core import redis_client
 from core.redis_client import key
+from harness.processes import AppServer, app_env, start_all, stop_all, wait_registered
 from presence.registry import Connection, RedisRegistry
 from tests.factories import UserFactory
 from tests.integration.conftest import database_url, token
-from tests.servers import AppServer, app_env, start_all, stop_all, wait_registered
 
 CONNECTIONS = "/admin/presence/connections/"
 INSTANCES = "/admin/presence/instances/"

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from harness.processes import ROOT, AppServer, app_env, wait_registered
 from tests.integration.conftest import open_ws, start_cluster, token
-from tests.servers import ROOT, AppServer, app_env, wait_registered
 
 # One database mode for the whole module: pytest-django runs tests grouped by mode, which would
 # otherwise split the module and start its servers twice.

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -318,7 +319,7 @@ def stop_all(servers: list[AppServer]) -> None:
         list(pool.map(lambda s: s.stop(), servers))
 
 
-def wait_registered(redis_conn, user_id: int, count: int, timeout: float = 5, prefix: str = "chat") -> None:
+def wait_registered(redis_conn: Any, user_id: int, count: int, timeout: float = 5, prefix: str = "chat") -> None:
     """Wait until the connection registry lists ``count`` sockets of the user. An instance sends
     ``hello`` before it has subscribed the socket's groups and registered it, so a test that
     acts on other sockets or reads the registry right after ``hello`` waits here first."""

@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.servers import free_port, wait_for_port
+from harness.processes import free_port, wait_for_port
 
 CANDIDATES = [
     os.environ.get("FIRESTORE_EMULATOR_JAR", ""),
