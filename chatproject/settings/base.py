@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "realtime",
     "chat",
     "presence",
     "health",
@@ -208,6 +209,9 @@ TYPING_EXPIRY_SECONDS = 10
 WS_TICKET_TTL_SECONDS = 60
 MESSAGES_PAGE_MAX = 200
 RESUME_MAX_PER_CONVERSATION = 1000
+RESUME_MAX_CONVERSATIONS = 1000
+# Clients of a lost socket wait a random time in [0, this] before reconnecting (sent in hello).
+WS_RECONNECT_WINDOW_MS = env_int("WS_RECONNECT_WINDOW_MS", 10000, minimum=0)
 
 # --- Firestore ------------------------------------------------------------------------------
 
