@@ -11,8 +11,8 @@ lifespan, so the first HTTP request or WebSocket starts them instead (``RuntimeS
 way an instance that serves only HTTP still heartbeats, reaps and drains its outboxes.
 
 On SIGTERM the instance tells the load balancer first: ``draining`` is set at once (health answers
-503 ``draining`` and new handshakes are refused with HTTP 503), then the drain hooks run (sockets
-closed with 1012, registry entries removed), then the server's own shutdown (uvicorn closes its
+503 ``draining`` and new handshakes are refused with HTTP 503), ``DRAIN_NOTICE_SECONDS`` later the
+drain hooks run (sockets closed with 1012, registry entries removed), then the server's own shutdown (uvicorn closes its
 listener and waits for connections). Whatever still hangs after 9 s is cut short by ``os._exit``,
 so the process is gone within the 10 s the contract allows.
 
@@ -130,7 +130,14 @@ class Runtime:
         await asyncio.shield(self._drained)
 
     async def _run_drain_hooks(self) -> None:
-        logger.info("draining")
+        from django.conf import settings
+
+        notice = float(getattr(settings, "DRAIN_NOTICE_SECONDS", 0))
+        logger.info("draining", extra={"notice_s": notice})
+        # Health already answers 503 and handshakes are refused: give balancers that poll health
+        # (or retry handshakes elsewhere) this long to stop sending here before sockets close.
+        if notice:
+            await asyncio.sleep(notice)
         for named in self._drain_hooks:
             try:
                 await asyncio.wait_for(named.hook(), DRAIN_HOOK_TIMEOUT_SECONDS)
