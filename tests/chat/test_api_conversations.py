@@ -7,6 +7,8 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from chat.models import Conversation, Participant
@@ -159,6 +161,20 @@ def test_conversation_detail_needs_authentication(anon, conversation):
     assert_error(anon.get(conv_url(conversation)), 401, "not_authenticated")
 
 
+def test_conversation_detail_runs_the_same_queries_for_2_and_20_participants(api, user, django_assert_num_queries):
+    small = ConversationFactory(owner=user, members=UserFactory.create_batch(1))
+    large = ConversationFactory(owner=user, members=UserFactory.create_batch(19))
+    api.get(conv_url(ConversationFactory(owner=user)))  # anything cached per process is loaded
+    with CaptureQueriesContext(connection) as at_two:
+        r = api.get(conv_url(small))
+    assert r.status_code == 200, r.json()
+    assert len(r.json()["participants"]) == 2
+    with django_assert_num_queries(len(at_two)):
+        r = api.get(conv_url(large))
+    assert r.status_code == 200, r.json()
+    assert len(r.json()["participants"]) == 20
+
+
 # --- POST /api/conversations/{id}/participants/ -----------------------------------------------
 
 
@@ -230,6 +246,21 @@ def test_adding_with_non_object_json_is_400(api, conversation, stranger):
 def test_adding_needs_authentication(anon, conversation, stranger):
     r = anon.post(conv_url(conversation, "participants/"), {"user_id": stranger.pk}, format="json")
     assert_error(r, 401, "not_authenticated")
+
+
+def test_adding_runs_the_same_queries_for_2_and_20_participants(api, user, published, django_assert_num_queries):
+    small = ConversationFactory(owner=user, members=UserFactory.create_batch(1))
+    large = ConversationFactory(owner=user, members=UserFactory.create_batch(19))
+    newcomers = UserFactory.create_batch(3)
+    api.post(conv_url(ConversationFactory(owner=user), "participants/"), {"user_id": newcomers[0].pk}, format="json")
+    with CaptureQueriesContext(connection) as at_two:
+        r = api.post(conv_url(small, "participants/"), {"user_id": newcomers[1].pk}, format="json")
+    assert r.status_code == 201, r.json()
+    assert len(r.json()["participants"]) == 3
+    with django_assert_num_queries(len(at_two)):
+        r = api.post(conv_url(large, "participants/"), {"user_id": newcomers[2].pk}, format="json")
+    assert r.status_code == 201, r.json()
+    assert len(r.json()["participants"]) == 21
 
 
 # --- DELETE /api/conversations/{id}/participants/{user_id}/ -----------------------------------
