@@ -151,6 +151,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                         "instance_id": settings.INSTANCE_ID,
                         "user": {"id": self.user_id, "username": self.username},
                         "heartbeat_interval": settings.WS_HEARTBEAT_INTERVAL_SECONDS,
+                        "reconnect_window_ms": settings.WS_RECONNECT_WINDOW_MS,
                     }
                 ),
                 "hello",
