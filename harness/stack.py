@@ -7,6 +7,8 @@ Then it reads commands on stdin, one a line, and answers each with one JSON line
 
     kill NAME     SIGKILL the instance         stop NAME   SIGTERM it and wait
     start NAME    start it again (same port)   status      the description again
+    freeze NAME   SIGSTOP it (a hung process)  thaw NAME   SIGCONT it
+    sql STATEMENT run one SQL statement on the stack's database (test set-up only)
 
 On EOF or SIGTERM it stops everything, drops the database and removes its folder (the
 instances' logs stay when ``CHAT_STACK_KEEP`` is set). The SDK's Node tests
@@ -93,6 +95,9 @@ class Stack:
         return self
 
     def stop(self) -> None:
+        for server in self.servers.values():
+            if server.proc is not None and server.proc.poll() is None:
+                server.signal(signal.SIGCONT)  # a frozen instance must be able to exit
         stop_all(list(self.servers.values()))
         if self.nginx is not None:
             self.nginx.stop()
@@ -131,6 +136,12 @@ class Stack:
         with psycopg.connect(_admin_url(self.database_url), autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
         self.db_created = False
+
+    def sql(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(statement.encode())
 
     def _migrate_and_seed(self, env: dict[str, str]) -> None:
         """migrate and seed_demo in a child process (this one never imports Django), then read
@@ -201,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg", default=os.environ.get("CHAT_STACK_PG", "postgres://postgres@127.0.0.1:5432"))
     args = parser.parse_args(argv)
 
+    import psycopg
+
     stack = Stack(instances=args.instances, nginx=args.nginx, env=_parse_env(args.env), pg_url=args.pg)
 
     def on_term(signum: int, frame: Any) -> None:
@@ -219,10 +232,14 @@ def main(argv: list[str] | None = None) -> int:
                     stack.servers[name].stop()
                 elif command == "start":
                     stack.restart(name)
+                elif command == "sql":
+                    stack.sql(name)
+                elif command in ("freeze", "thaw"):
+                    stack.servers[name].signal(signal.SIGSTOP if command == "freeze" else signal.SIGCONT)
                 elif command != "status":
                     raise ValueError(f"unknown command {command!r}")
                 print(json.dumps({"ok": True, **stack.describe()}), flush=True)
-            except (KeyError, ValueError, RuntimeError, TimeoutError) as exc:
+            except (KeyError, ValueError, RuntimeError, TimeoutError, OSError, psycopg.Error) as exc:
                 print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
     except KeyboardInterrupt:
         pass
