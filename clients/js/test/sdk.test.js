@@ -365,3 +365,53 @@ test('the SDK stays under 10 KB gzipped', async () => {
   const size = gzipSync(readFileSync(new URL('../src/index.js', import.meta.url)), { level: 9 }).length
   assert.ok(size < 10 * 1024, `${size} bytes gzipped`)
 })
+
+/** The interfaces of index.d.ts: name -> {type literal, fields: {name: required}}. */
+async function declarations() {
+  const { readFileSync } = await import('node:fs')
+  const src = readFileSync(new URL('../src/index.d.ts', import.meta.url), 'utf8')
+  const found = {}
+  for (const m of src.matchAll(/export interface (\w+)(?: extends (\w+))? \{([^}]*)\}/g)) {
+    const fields = {}
+    for (const f of m[3].matchAll(/^ {2}(\w+)(\?)?:/gm)) fields[f[1]] = !f[2]
+    found[m[1]] = { ext: m[2], fields, type: m[3].match(/type: '([\w.]+)'/)?.[1], open: m[3].includes('[field: string]') }
+  }
+  for (const d of Object.values(found)) if (d.ext) Object.assign(d.fields, found[d.ext].fields)
+  return found
+}
+
+function checkShape(name, decl, value) {
+  const keys = Object.keys(value)
+  for (const [field, required] of Object.entries(decl.fields)) {
+    if (required) assert.ok(field in value, `${name}: the server's frame lacks ${field}`)
+  }
+  if (!decl.open) for (const k of keys) assert.ok(k in decl.fields, `${name}: ${k} is not declared`)
+}
+
+test('the declarations match the frames the server really sends', async () => {
+  const decls = await declarations()
+  const byType = Object.fromEntries(Object.entries(decls).filter(([, d]) => d.type).map(([n, d]) => [d.type, [n, d]]))
+  const cid = await conversation('alice', 'bob')
+  const alice = track(client(stack, 'alice', () => 'inst-a'))
+  const bob = track(client(stack, 'bob', () => 'inst-b'))
+  await Promise.all([alice.connect(), bob.connect()])
+  const m = await bob.send(cid, 'shape')
+  bob.typing(cid, true)
+  await bob.markRead(cid, m.seq)
+  await bob.setStatus('away', 'back soon')
+  bob.request({ type: 'ping' }).catch(() => {})
+  await waitFor(() => ['message.new', 'typing', 'read', 'presence'].every((t) => alice.log.received.some((f) => f.type === t)), {
+    what: 'every kind of frame',
+  })
+  const frames = [...alice.log.received, ...bob.log.received]
+  const seen = new Set()
+  for (const f of frames) {
+    const entry = byType[f.type]
+    assert.ok(entry, `frame type ${f.type} is not declared`)
+    checkShape(entry[0], entry[1], f)
+    if (f.message) checkShape('Message', decls.Message, f.message)
+    if (f.user) checkShape('User', decls.User, f.user)
+    seen.add(f.type)
+  }
+  for (const t of ['hello', 'ack', 'message.new', 'typing', 'read', 'presence']) assert.ok(seen.has(t), `saw ${t}`)
+})
