@@ -238,7 +238,7 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection $connection_upgrade;
-      proxy_set_header Host $host;
+      proxy_set_header Host $http_host;  # with the port, as docker/nginx.conf (CSRF compares Origin to it)
       proxy_read_timeout 3600s;
       proxy_next_upstream error timeout http_502 http_503;
       proxy_connect_timeout 1s;
