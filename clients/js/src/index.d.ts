@@ -213,6 +213,8 @@ export interface ChatClientEvents {
   resumed: { count: number; instanceId: string | null; conversationId?: string }
   typing: { conversationId: string; userIds: number[] }
   read: { conversationId: string; userId: number; seq: number; readAt: string | null }
+  /** After a reconnect: the read positions of a conversation loaded with loadReceipts(), reloaded. */
+  receipts: { conversationId: string; receipts: Map<number, number> }
   presence: Presence
   'presence.snapshot': Presence[]
   'conversation.joined': Conversation

@@ -316,6 +316,7 @@ export class ChatClient {
     this.emit('hello', f)
     this._schedulePing()
     this._syncPresence()
+    if (reconnected) this._refreshReceipts()
     this._resume().then(() => this._flushOutbox())
   }
 
@@ -754,6 +755,18 @@ export class ChatClient {
     for (const r of data.receipts) m.set(r.user_id, Math.max(r.seq, this.receipts.get(conversationId)?.get(r.user_id) || 0))
     this.receipts.set(conversationId, m)
     return m
+  }
+
+  async _refreshReceipts() {
+    // Read events are not replayed by resume: reload the positions the application follows.
+    for (const cid of [...this.receipts.keys()]) {
+      try {
+        await this.loadReceipts(cid)
+        this.emit('receipts', { conversationId: cid, receipts: this.receipts.get(cid) })
+      } catch (err) {
+        this.emit('error', err)
+      }
+    }
   }
 
   /** The ids of the users (not oneself) whose read position is at or past `seq`. */

@@ -56,7 +56,8 @@ function title(c) {
 
 function dotFor(userId) {
   const p = chat.presence.get(userId)
-  const status = p ? p.status : 'offline'
+  const self = userId === me.id && chat.state === 'connected' ? 'online' : 'offline'
+  const status = p ? p.status : self
   return el('span', { class: 'dot', 'data-status': status, 'data-user': String(userId), title: status })
 }
 
@@ -279,6 +280,7 @@ function renderTyping(ids) {
 }
 chat.on('typing', ({ conversationId, userIds }) => conversationId === current && renderTyping(userIds))
 chat.on('read', ({ conversationId }) => conversationId === current && renderSeen())
+chat.on('receipts', ({ conversationId }) => conversationId === current && renderSeen())
 chat.on('presence', (p) => {
   for (const dot of document.querySelectorAll(`.dot[data-user="${p.user_id}"]`)) {
     dot.dataset.status = p.status
@@ -300,6 +302,9 @@ document.addEventListener('visibilitychange', () => document.visibilityState ===
 // --- start -------------------------------------------------------------------------------------
 
 $('my-name').textContent = me.username
-chat.on('hello', () => $('my-dot').dataset.status === 'offline' && ($('my-dot').dataset.status = 'online'))
+chat.on('hello', () => {
+  if ($('my-dot').dataset.status === 'offline') $('my-dot').dataset.status = chat.presence.get(me.id)?.status || 'online'
+  renderMembers()
+})
 chat.connect().catch(() => {})
 loadConversations().catch((err) => say('closed', `Could not load conversations: ${err.detail || err.message}`))
