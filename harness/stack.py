@@ -36,7 +36,19 @@ FAST_TIMINGS = {
     "INSTANCE_HEARTBEAT_SECONDS": "0.5",
     "PRESENCE_GRACE_SECONDS": "2",
 }
-DEMO_PASSWORD = "demo-password"  # noqa: S105 (the documented demo login, as in seed_demo)
+DEMO_PASSWORD = "demo-password"
+
+
+def default_pg_url() -> str:
+    """The PostgreSQL server the tests use: CHAT_STACK_PG, else the server of a PostgreSQL
+    DATABASE_URL (as scripts/test honours it), else the local one as user postgres."""
+    explicit = os.environ.get("CHAT_STACK_PG")
+    if explicit:
+        return explicit
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith(("postgres://", "postgresql://")):
+        return url.rsplit("/", 1)[0]
+    return "postgres://postgres@127.0.0.1:5432"
 
 
 def _admin_url(database_url: str) -> str:
@@ -52,8 +64,9 @@ class Stack:
         instances: int = 2,
         nginx: bool = False,
         env: dict[str, str] | None = None,
-        pg_url: str = "postgres://postgres@127.0.0.1:5432",
+        pg_url: str | None = None,
     ) -> None:
+        pg_url = pg_url or default_pg_url()
         self.count = instances
         self.with_nginx = nginx
         self.extra_env = env or {}
@@ -209,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--nginx", action="store_true")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra app settings")
-    parser.add_argument("--pg", default=os.environ.get("CHAT_STACK_PG", "postgres://postgres@127.0.0.1:5432"))
+    parser.add_argument("--pg", default=None, help="PostgreSQL server URL without a database name")
     args = parser.parse_args(argv)
 
     import psycopg

@@ -9,8 +9,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from websockets.sync.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from harness.stack import Stack
 
@@ -159,7 +159,8 @@ def test_session_cookie_works_only_from_the_allowed_origin(browser, stack):
     assert hello["user"]["username"] == "carol"
 
     # A page of another site in the same browser gets nothing with it.
-    page.route("http://evil.test/", lambda route: route.fulfill(body="<!doctype html><title>evil</title>", content_type="text/html"))
+    evil_page = "<!doctype html><title>another site</title>"
+    page.route("http://evil.test/", lambda route: route.fulfill(body=evil_page, content_type="text/html"))
     page.goto("http://evil.test/")
     result = page.evaluate(
         """url => new Promise((resolve) => {

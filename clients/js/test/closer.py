@@ -10,6 +10,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 
 async def handler(ws: ServerConnection) -> None:
+    assert ws.request is not None
     code = int(ws.request.path.strip("/").split("?")[0] or "1000")
     hello = {
         "type": "hello",

@@ -2,11 +2,15 @@
 // frames, as a lossy path would), clients bound to the stack, HTTP calls.
 import { ChatClient } from '../src/index.js'
 
+// Node 22 has a global WebSocket, Node 20 with --experimental-websocket; otherwise the `ws`
+// package (a dev dependency) stands in. The SDK itself takes either through its options.
+export const NodeWebSocket = globalThis.WebSocket || (await import('ws')).WebSocket
+
 export function wire({ dropIn = () => false, dupIn = () => false } = {}) {
   const log = { opened: [], sent: [], received: [], sockets: [] }
   class RecordingWebSocket {
     constructor(url, opts) {
-      const ws = new WebSocket(url, opts)
+      const ws = new NodeWebSocket(url, opts)
       this.ws = ws
       this.url = url
       log.opened.push(performance.now())

@@ -4,7 +4,7 @@ import { test, before, after, afterEach } from 'node:test'
 import assert from 'node:assert/strict'
 import { ChatClient } from '../src/index.js'
 import { startStack, waitFor } from './stack.js'
-import { api, client, nextState, sleep, wire } from './helpers.js'
+import { NodeWebSocket, api, client, nextState, sleep, wire } from './helpers.js'
 
 const WINDOW_MS = 1500
 let stack
@@ -290,6 +290,7 @@ test('close 4401: the application is asked for new credentials; without any, the
       url: stack.instances['inst-a'].ws_url,
       baseUrl: stack.instances['inst-a'].url,
       token: 'not-a-token',
+      WebSocket: NodeWebSocket,
       onReset() {},
       onAuthError: async () => (asked++, good),
     }),
@@ -297,7 +298,7 @@ test('close 4401: the application is asked for new credentials; without any, the
   await c.connect()
   assert.equal(asked, 1)
   assert.equal(c.user.username, 'alice')
-  const d = track(new ChatClient({ url: stack.instances['inst-a'].ws_url, token: 'bad', onReset() {} }))
+  const d = track(new ChatClient({ url: stack.instances['inst-a'].ws_url, token: 'bad', WebSocket: NodeWebSocket, onReset() {} }))
   await assert.rejects(d.connect(), (e) => e.code === 'unauthorized')
   assert.equal(d.state, 'closed')
 })
