@@ -137,7 +137,7 @@ export interface StateChange {
   state: State
   instanceId: string | null
   /** Why: 'connected', 'reconnected', 'server_restart' (1012), 'fanout_lost' (1011),
-   * 'slow_consumer' (4008), 'abnormal' (1006), 'dead_connection', 'ack_timeout',
+   * 'slow_consumer' (4008), 'abnormal' (1006), 'dead_connection', 'connect_timeout', 'ack_timeout',
    * 'unauthorized' (4401), 'deactivated' (4403), 'disconnected_by_operator' (4000),
    * 'client_closed', … */
   reason: string | null
@@ -194,7 +194,10 @@ export interface ChatClientOptions {
   reconnectWindowMs?: number
   maxBackoffMs?: number
   ackTimeoutMs?: number
+  /** No frame this long after a ping: the connection is dead (default 10000). */
   pongTimeoutMs?: number
+  /** No hello this long after opening the socket: give up and retry (default 10000). */
+  connectTimeoutMs?: number
   outboxLimit?: number
   maxFill?: number
   typingExpiryMs?: number

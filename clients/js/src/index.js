@@ -22,6 +22,7 @@ const DEFAULTS = {
   outboxLimit: 100,
   maxFill: 5000, // messages paged over HTTP after a truncated resume before giving up (onReset)
   pongTimeoutMs: 10000,
+  connectTimeoutMs: 10000, // from opening the socket to its hello
   typingExpiryMs: 10000,
   typingRepeatMs: 7000,
   storageKey: 'chat-sdk',
@@ -209,6 +210,8 @@ export class ChatClient {
     }
     this.ws = ws
     this.opened = false
+    // A handshake that never completes (a hung or draining instance) is given up and retried.
+    this.connectTimer = setTimeout(() => gen === this.gen && this._closed(1006, 'connect_timeout', true), this.o.connectTimeoutMs)
     ws.onmessage = (ev) => gen === this.gen && this._frame(ev.data)
     ws.onclose = (ev) => gen === this.gen && this._closed(ev.code, ev.reason)
     ws.onerror = () => {}
@@ -219,6 +222,7 @@ export class ChatClient {
 
   _teardown(code) {
     this.gen = (this.gen || 0) + 1 // late events of the old socket are ignored
+    clearTimeout(this.connectTimer)
     clearTimeout(this.pingTimer)
     clearTimeout(this.pongTimer)
     const ws = this.ws
@@ -303,6 +307,7 @@ export class ChatClient {
   }
 
   ['on:hello'](f) {
+    clearTimeout(this.connectTimer)
     this.hello = f
     this.instanceId = f.instance_id
     this.user = f.user
@@ -406,7 +411,7 @@ export class ChatClient {
     this._schedulePing()
     if (this.pongTimer) return
     // Dead-connection timer: no frame at all within the timeout after a ping.
-    const timeout = Math.min(this.heartbeatMs, this.o.pongTimeoutMs)
+    const timeout = this.o.pongTimeoutMs
     this.pongTimer = setTimeout(() => {
       this.pongTimer = null
       if (this.state === 'connected') this._closed(1006, 'dead_connection', true)

@@ -47,7 +47,8 @@ test('onReset is required: no client that could loop or lose messages silently',
 test('resume across instances: a client that moves from A to B gets what it missed, in order, once', async () => {
   const cid = await conversation('alice', 'bob')
   let where = 'inst-a'
-  const alice = track(client(stack, 'alice', () => where, { options: { maxBackoffMs: 1000 } }))
+  // A reconnect can reach A while it drains and hang there: the connect timeout ends that.
+  const alice = track(client(stack, 'alice', () => where, { options: { maxBackoffMs: 1000, connectTimeoutMs: 3000 } }))
   alice.track(cid, 0)
   await alice.connect()
   assert.equal(alice.instanceId, 'inst-a')
@@ -64,7 +65,9 @@ test('resume across instances: a client that moves from A to B gets what it miss
   }
   assert.equal(alice.messages.length, 1) // A is gone and alice not yet elsewhere
   where = 'inst-b' // now the balancer sends her reconnect to B
-  await waitFor(() => alice.messages.length === 6, { what: 'resumed messages' })
+  await waitFor(() => alice.messages.length === 6, { timeout: 20000, what: 'resumed messages' }).catch((err) => {
+    throw new Error(`${err.message}: states ${JSON.stringify(alice.states)}; got ${bodies(alice.messages, cid)}`)
+  })
   assert.equal(alice.instanceId, 'inst-b')
   assert.deepEqual(bodies(alice.messages, cid), ['m1', 'm2', 'm3', 'm4', 'm5', 'm6'])
   assert.deepEqual(seqs(alice.messages, cid), [1, 2, 3, 4, 5, 6])
@@ -230,7 +233,7 @@ test('jittered reconnect: the clients of a killed instance spread over the windo
 
 test('dead-connection timer: a hung instance (SIGSTOP) is left after a missed pong', async () => {
   let where = 'inst-a'
-  const alice = track(client(stack, 'alice', () => where))
+  const alice = track(client(stack, 'alice', () => where, { options: { pongTimeoutMs: 2000 } }))
   await alice.connect()
   where = 'inst-b'
   await stack.freeze('inst-a')
