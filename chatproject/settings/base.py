@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "realtime",
     "chat",
     "presence",
     "health",
@@ -199,8 +200,6 @@ INSTANCE_TTL_SECONDS = env_float("INSTANCE_TTL_SECONDS", 15.0, minimum=1.0)
 # The heartbeat is renewed several times per TTL, so one late renewal does not kill an instance.
 INSTANCE_HEARTBEAT_SECONDS = env_float("INSTANCE_HEARTBEAT_SECONDS", INSTANCE_TTL_SECONDS / 3, minimum=0.1)
 WS_HEARTBEAT_INTERVAL_SECONDS = env_int("WS_HEARTBEAT_INTERVAL_SECONDS", 25, minimum=1)
-# Clients that lose their socket wait a random time in [0, this] before reconnecting (hello).
-WS_RECONNECT_WINDOW_MS = env_int("WS_RECONNECT_WINDOW_MS", 10000, minimum=0)
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 65536, minimum=1024)
 WS_SEND_QUEUE_FRAMES = env_int("WS_SEND_QUEUE_FRAMES", 1000, minimum=10)
 MESSAGE_MAX_CHARS = env_int("MESSAGE_MAX_CHARS", 4000, minimum=1)
@@ -211,6 +210,14 @@ TYPING_EXPIRY_SECONDS = 10
 WS_TICKET_TTL_SECONDS = 60
 MESSAGES_PAGE_MAX = 200
 RESUME_MAX_PER_CONVERSATION = 1000
+RESUME_MAX_CONVERSATIONS = 1000
+# Clients of a lost socket wait a random time in [0, this] before reconnecting (sent in hello).
+# On SIGTERM: health answers 503 "draining" and handshakes are refused this long before sockets
+# are closed with 1012 (time for a balancer polling health to take the instance out).
+DRAIN_NOTICE_SECONDS = env_float("DRAIN_NOTICE_SECONDS", 1.0)
+if DRAIN_NOTICE_SECONDS > 5:
+    raise ConfigError("DRAIN_NOTICE_SECONDS", "at most 5 (an instance exits within 10 s of SIGTERM)")
+WS_RECONNECT_WINDOW_MS = env_int("WS_RECONNECT_WINDOW_MS", 10000, minimum=0)
 
 # --- Firestore ------------------------------------------------------------------------------
 
