@@ -322,7 +322,7 @@ export class ChatClient {
     this._schedulePing()
     this._syncPresence()
     if (reconnected) this._refreshReceipts()
-    this._resume().then(() => this._flushOutbox())
+    this._resume().then(() => this.ws && this._flushOutbox())
   }
 
   ['on:ack'](f) {
@@ -377,10 +377,11 @@ export class ChatClient {
   }
 
   ['on:conversation.joined'](f) {
+    // Followed from its newest message; older ones are history (HTTP). One sent meanwhile
+    // shows up as a gap and is resumed.
     const c = f.conversation
-    if (!this.cursors.has(c.id)) this.cursors.set(c.id, 0)
+    this.track(c.id, c.last_seq)
     this.emit('conversation.joined', c)
-    this._resume([c.id])
   }
 
   ['on:conversation.left'](f) {
@@ -541,6 +542,7 @@ export class ChatClient {
     }
     if (!this.ws) return
     this.emit('resumed', { count: this.resumedCount, instanceId: this.instanceId })
+    this._flushOutbox() // sends made while resuming waited for it
     this._recheck()
   }
 
