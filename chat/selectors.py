@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
 from core.errors import Invalid, NotFound, NotParticipant
@@ -48,11 +48,24 @@ def conversation_detail(*, user_id: int, conversation_id: object) -> Conversatio
 
 
 def conversations_of(*, user_id: int) -> QuerySet[Conversation]:
-    """The user's conversations, latest activity first. A conversation without messages counts
-    from its creation; ordering on last_message_at alone puts those first on PostgreSQL, which
-    sorts NULL above every date in a descending order."""
+    """The user's conversations, latest activity first, each with ``unread``: the messages of
+    others after the user's read position. A conversation without messages counts from its
+    creation; ordering on last_message_at alone puts those first on PostgreSQL, which sorts
+    NULL above every date in a descending order."""
+    read_seq = Participant.objects.filter(conversation_id=OuterRef(OuterRef("pk")), user_id=user_id).values(
+        "last_read_seq"
+    )[:1]
+    unread = (
+        Message.objects.filter(conversation_id=OuterRef("pk"), seq__gt=Subquery(read_seq))
+        .exclude(sender_id=user_id)
+        .order_by()
+        .values("conversation_id")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
     return (
         Conversation.objects.filter(participants__user_id=user_id)
+        .annotate(unread=Coalesce(Subquery(unread), 0))
         .prefetch_related("participants__user")
         .order_by(Coalesce("last_message_at", "created_at").desc(), "-created_at", "-id")
     )

@@ -89,7 +89,9 @@ class ConversationListView(APIView):
 
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(selectors.conversations_of(user_id=uid(request)), request, view=self)
-        return paginator.get_paginated_response([presenters.conversation(c) for c in page or []])
+        return paginator.get_paginated_response(
+            [dict(presenters.conversation(c), unread=getattr(c, "unread", 0)) for c in page or []]
+        )
 
     @extend_schema(request=ConversationIn, responses={201: ConversationOut}, summary="Create a conversation")
     def post(self, request: Request) -> Response:

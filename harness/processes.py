@@ -5,6 +5,7 @@ Every process listens on a free port on 127.0.0.1 and is killed with a real sign
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -52,8 +53,11 @@ class RedisServer:
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.dir = tempfile.mkdtemp(prefix="chat-test-redis-")
+        # A server never stopped (a test run interrupted) still leaves no folder behind.
+        atexit.register(shutil.rmtree, self.dir, ignore_errors=True)
 
     def start(self) -> RedisServer:
+        os.makedirs(self.dir, exist_ok=True)
         self.proc = subprocess.Popen(
             [
                 _redis_binary(),
@@ -89,6 +93,7 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def freeze(self) -> None:
         assert self.proc is not None
@@ -233,7 +238,7 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection $connection_upgrade;
-      proxy_set_header Host $host;
+      proxy_set_header Host $http_host;  # with the port, as docker/nginx.conf (CSRF compares Origin to it)
       proxy_read_timeout 3600s;
       proxy_next_upstream error timeout http_502 http_503;
       proxy_connect_timeout 1s;

@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "chat",
     "presence",
     "health",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -272,6 +273,8 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The client SDK is served as it is published (clients/js/src), at /static/sdk/.
+STATICFILES_DIRS = [("sdk", BASE_DIR / "clients" / "js" / "src")]
 WHITENOISE_USE_FINDERS = True
 
 # --- Logging --------------------------------------------------------------------------------

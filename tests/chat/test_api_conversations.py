@@ -54,6 +54,22 @@ def test_conversation_list_puts_the_latest_activity_first(api, user):
     assert ids == [str(older.id), str(newer.id)]
 
 
+def test_conversation_list_counts_unread_messages_after_the_callers_read_position(api, user, other_user):
+    conversation = ConversationFactory(owner=user, members=[other_user])
+    for body in ("one", "two", "three"):
+        send(other_user, conversation, body)
+    [row] = api.get("/api/conversations/").json()["results"]
+    assert row["unread"] == 3
+    assert api.post(conv_url(conversation, "read/"), {"seq": 2}, format="json").status_code == 200
+    [row] = api.get("/api/conversations/").json()["results"]
+    assert row["unread"] == 1
+    send(user, conversation, "mine")
+    [row] = api.get("/api/conversations/").json()["results"]
+    assert row["unread"] == 1  # one's own messages are never unread
+    [theirs] = client_for(other_user).get("/api/conversations/").json()["results"]
+    assert theirs["unread"] == 1
+
+
 def test_conversation_list_page_out_of_range_is_404(api, user):
     ConversationFactory(owner=user)
     assert_error(api.get("/api/conversations/?page=9"), 404, "not_found")

@@ -40,6 +40,7 @@ async def test_hello_carries_connection_and_instance_ids(trio, settings):
     assert hello["instance_id"] == settings.INSTANCE_ID
     assert hello["user"] == {"id": alice.pk, "username": alice.username}
     assert hello["heartbeat_interval"] == settings.WS_HEARTBEAT_INTERVAL_SECONDS
+    assert hello["reconnect_window_ms"] == settings.WS_RECONNECT_WINDOW_MS == 10000
     other = await connect(alice)
     assert other.hello["connection_id"] != hello["connection_id"]
     await client.close()
