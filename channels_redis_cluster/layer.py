@@ -141,8 +141,13 @@ class RedisClusterChannelLayer(BaseChannelLayer):
         return message
 
     def group_channel(self, group: str) -> str:
-        """The shard channel of a group (``__group__`` keeps it apart from ``new_channel`` names)."""
-        return f"{self.prefix}__group__{group}"
+        """The shard channel of a group: ``{prefix}:g:{group}``."""
+        return f"{self.prefix}:g:{group}"
+
+    def channel_shard(self, channel: str) -> str:
+        """The shard channel of a channel: ``{prefix}:c:{channel}`` (one ACL channel pattern,
+        ``&{prefix}:*``, covers both kinds)."""
+        return f"{self.prefix}:c:{channel}"
 
     # --- channel layer API --------------------------------------------------------------------
 
@@ -168,28 +173,28 @@ class RedisClusterChannelLayer(BaseChannelLayer):
         loop.close = types.MethodType(close, loop)  # type: ignore[method-assign]
 
     async def new_channel(self, prefix: str = "specific.") -> str:
-        channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
-        await self._layer().add_channel(channel)
+        channel = f"{prefix}{uuid.uuid4().hex}"
+        await self._layer().add_channel(self.channel_shard(channel))
         return channel
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_channel_name(channel)
-        await self._layer().publish(channel, self.serialize(message))
+        await self._layer().publish(self.channel_shard(channel), self.serialize(message))
 
     async def receive(self, channel: str) -> dict[str, Any]:
         self.require_valid_channel_name(channel)
-        return self.deserialize(await self._layer().receive(channel))
+        return self.deserialize(await self._layer().receive(self.channel_shard(channel)))
 
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        await self._layer().group_add(self.group_channel(group), channel)
+        await self._layer().group_add(self.group_channel(group), self.channel_shard(channel))
 
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        await self._layer().group_discard(self.group_channel(group), channel)
+        await self._layer().group_discard(self.group_channel(group), self.channel_shard(channel))
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "message is not a dict"
@@ -463,7 +468,7 @@ class _LoopLayer:
             raise RuntimeError(
                 "You can only call group_add() on channels that exist in-process.\n"
                 "Consumers are encouraged to use the common pattern:\n"
-                f"   self.channel_layer.group_add({shard!r}, self.channel_name)"
+                "   self.channel_layer.group_add(group, self.channel_name)"
             )
         self.groups.setdefault(shard, set()).add(channel)
         await self._subscribe(shard)

@@ -122,6 +122,10 @@ class Hub:
             if self.started:
                 return
             self.layer = get_channel_layer()
+            if hasattr(self.layer, "add_resubscribe_listener"):
+                # Sharded pub/sub (Redis Cluster): after a failover or slot move the layer
+                # resubscribes by itself; what was published meanwhile comes from the database.
+                self.layer.add_resubscribe_listener(self._on_layer_resubscribed)
             self.channel_name = await self.layer.new_channel(f"inst.{settings.INSTANCE_ID}.")
             await self._group_add(self.instance_group)
             # A fresh context: the tasks must not inherit the ids of the socket that started them.
@@ -585,6 +589,10 @@ class Hub:
                 await self._refresh_groups()
                 await self._catch_up()
                 last_refresh = time.monotonic()
+
+    async def _on_layer_resubscribed(self) -> None:
+        metrics.LAYER_RECONNECTS.inc()
+        await self._catch_up()
 
     async def _refresh_groups(self) -> None:
         """Re-add every group: a Redis that restarted empty forgot them (core layer)."""

@@ -267,6 +267,29 @@ class RedisCluster:
                 pass
             time.sleep(0.1)
 
+    def kill_shard(self, master: ClusterNode, timeout: float = 20.0) -> None:
+        """SIGKILL a master and all its replicas: its slots are lost, and the surviving nodes
+        report ``cluster_state:fail`` (returns once they do)."""
+        master_id = self.node_id(master)
+        view = self._nodes_view(master)
+        replicas = [self.node_by_port(v["port"]) for v in view if v["master_id"] == master_id]
+        for node in [master, *replicas]:
+            node.stop(signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for node in self.alive_nodes():
+                try:
+                    with node.client(timeout=1.0) as c:
+                        states.append(c.execute_command("CLUSTER INFO")["cluster_state"])
+                except redis.RedisError:
+                    states.append("unknown")
+            if states and all(state == "fail" for state in states):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster still not failed {timeout}s after losing a shard")
+            time.sleep(0.1)
+
     def heal(self, timeout: float = 30.0) -> None:
         """Bring every killed or frozen node back (it rejoins as a replica) and wait until healthy."""
         for node in self.nodes:

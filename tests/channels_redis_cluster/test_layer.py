@@ -115,13 +115,13 @@ async def test_cancelled_receive_unsubscribes_and_flush_forgets(redis_cluster):
     layer = make_layer(redis_cluster)
     try:
         ch = await layer.new_channel()
-        assert shard_subscribers(redis_cluster, ch) == 1
+        assert shard_subscribers(redis_cluster, layer.channel_shard(ch)) == 1
         task = asyncio.ensure_future(layer.receive(ch))
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await wait_for(lambda: shard_subscribers(redis_cluster, ch) == 0, 3)
+        await wait_for(lambda: shard_subscribers(redis_cluster, layer.channel_shard(ch)) == 0, 3)
 
         other = await layer.new_channel()
         await layer.group_add("room", other)
