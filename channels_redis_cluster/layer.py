@@ -40,6 +40,7 @@ Configuration, under ``CHANNEL_LAYERS[alias]["CONFIG"]``:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import random
@@ -88,6 +89,12 @@ def parse_hosts(hosts: Iterable[str | dict[str, Any]] | None) -> tuple[list[tupl
         if url.scheme == "rediss":
             options["ssl"] = True
     return nodes, options
+
+
+def _spawn(coro: Any, name: str) -> asyncio.Task[Any]:
+    """A background task in a fresh context: it must not carry the log context (request or
+    socket ids) of whichever caller happened to start it."""
+    return asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
 
 
 class RedisClusterChannelLayer(BaseChannelLayer):
@@ -240,10 +247,9 @@ class _NodeSubscriber:
         timeout = self.layer.outer.subscribe_timeout
         async with asyncio.timeout(timeout):
             await self.conn.connect()
-        loop = asyncio.get_running_loop()
         self.tasks = [
-            loop.create_task(self._read_loop(), name=f"layer-read-{self.name}"),
-            loop.create_task(self._ping_loop(), name=f"layer-ping-{self.name}"),
+            _spawn(self._read_loop(), f"layer-read-{self.name}"),
+            _spawn(self._ping_loop(), f"layer-ping-{self.name}"),
         ]
 
     async def _write(self, commands: list[tuple[Any, ...]]) -> None:
@@ -353,6 +359,7 @@ class _LoopLayer:
         self._dirty = False
         self._resync_task: asyncio.Task[None] | None = None
         self._topology_task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -371,9 +378,7 @@ class _LoopLayer:
                 client = RedisCluster(startup_nodes=nodes, **kwargs)
                 await client.initialize()
                 self.client = client
-                self._topology_task = asyncio.get_running_loop().create_task(
-                    self._topology_loop(), name="layer-topology"
-                )
+                self._topology_task = _spawn(self._topology_loop(), "layer-topology")
         return self.client
 
     async def _node(self, node: ClusterNode) -> _NodeSubscriber:
@@ -534,16 +539,20 @@ class _LoopLayer:
                 del self.placement[shard]
                 if shard in self.ready:
                     self.ready[shard].clear()
-        asyncio.get_running_loop().create_task(sub.close())
+        task = _spawn(sub.close(), f"layer-close-{sub.name}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
         self.schedule_resync(f"connection to {sub.name} lost: {reason}")
 
     # --- recovery -------------------------------------------------------------------------------
 
     def schedule_resync(self, reason: str) -> None:
-        logger.warning("redis cluster layer resubscribing", extra={"reason": reason})
         self._dirty = True
         if self._resync_task is None or self._resync_task.done():
-            self._resync_task = asyncio.get_running_loop().create_task(self._resync_loop(), name="layer-resync")
+            logger.warning("redis cluster layer resubscribing", extra={"reason": reason})
+            self._resync_task = _spawn(self._resync_loop(), "layer-resync")
+        else:
+            logger.debug("redis cluster layer resubscribe pending", extra={"reason": reason})
 
     async def _resync_loop(self) -> None:
         delay = 0.05

@@ -1,0 +1,178 @@
+"""Two real uvicorn instances with REDIS_CLUSTER=true on the 6-node cluster: real WebSocket
+clients chat across instances in conversations spread over the shards, and delivery survives a
+master SIGKILL (its replica promoted) with no acknowledged message lost."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from websockets.exceptions import ConnectionClosed
+
+from harness.processes import AppServer, app_env, start_all, stop_all
+from tests.factories import ConversationFactory
+from tests.integration.conftest import FAST_TIMINGS, WS, database_url, open_ws
+
+# The connection registry's Lua scripts touch keys of several slots until they are made
+# cluster-safe (hash-tagged keys, realtime/registry.py); until then every connect fails there.
+REGISTRY_CLUSTER_SAFE = bool(importlib.util.find_spec("realtime")) and bool(
+    importlib.util.find_spec("realtime.registry")
+)
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.rediscluster,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not REGISTRY_CLUSTER_SAFE, reason="waits on the cluster-safe connection registry"),
+]
+
+LAYER_PREFIX = "chat:layer"
+
+
+@pytest.fixture
+def cluster_apps(transactional_db, tmp_path, redis_cluster):
+    """Instances "a" and "b" under uvicorn; REDIS_HOST is ``localhost``, which no node announces."""
+    _, port = redis_cluster.startup
+    env = app_env(
+        CHAT_MODE="cluster",
+        REDIS_CLUSTER="true",
+        REDIS_HOST="localhost",
+        REDIS_PORT=str(port),
+        DATABASE_URL=database_url(),
+        REDIS_KEY_PREFIX="chat",
+        LOG_LEVEL="INFO",
+        **FAST_TIMINGS,
+    )
+    servers = {name: AppServer("uvicorn", name, env, tmp_path) for name in ("a", "b")}
+    try:
+        start_all(list(servers.values()))
+        yield servers
+    finally:
+        stop_all(list(servers.values()))
+
+
+def group_shard(cid: str) -> str:
+    return f"{LAYER_PREFIX}:g:c.{cid}"
+
+
+async def test_chat_across_instances_in_conversations_on_every_shard(cluster_apps, people, redis_cluster):
+    alice_u, bob_u = people["alice"], people["bob"]
+    # Conversations until every master carries at least one of them.
+    convs: list[str] = []
+    covered: set[int] = set()
+    for _ in range(40):
+        conv = await sync_to_async(ConversationFactory)(owner=alice_u, members=[bob_u])
+        convs.append(str(conv.id))
+        covered.add(redis_cluster.master_of_key(group_shard(str(conv.id))).port)
+        if len(covered) == 3:
+            break
+    assert len(covered) == 3
+    alice = await open_ws(cluster_apps["a"].ws_url, alice_u)
+    bob = await open_ws(cluster_apps["b"].ws_url, bob_u)
+    try:
+        for i, cid in enumerate(convs):
+            ack = await alice.request(
+                {"type": "message.send", "id": f"m{i}", "conversation_id": cid, "body": f"hi {i}"}
+            )
+            assert ack["type"] == "ack", ack
+            got = await bob.expect(
+                lambda f, cid=cid: f.get("type") == "message.new" and f["message"]["conversation_id"] == cid
+            )
+            assert got["message"] == ack["message"]
+        cid = convs[-1]
+        await bob.request({"type": "typing", "id": "t", "conversation_id": cid, "state": "start"})
+        typing = await alice.expect_type("typing")
+        assert (typing["user_id"], typing["conversation_id"]) == (bob_u.pk, cid)
+        await bob.request({"type": "read", "id": "r", "conversation_id": cid, "seq": 1})
+        read = await alice.expect_type("read")
+        assert (read["user_id"], read["seq"]) == (bob_u.pk, 1)
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+class Reader:
+    """Bob's side: keeps every message.new it sees, reconnecting and resuming if the server closes
+    the socket (1011 when the instance lost its fan-out path)."""
+
+    def __init__(self, url: str, user: Any, cid: str) -> None:
+        self.url, self.user, self.cid = url, user, cid
+        self.seqs: set[int] = set()
+        self.reconnects = 0
+        self.ws: WS | None = None
+
+    async def run(self, until: float) -> None:
+        while time.monotonic() < until:
+            try:
+                if self.ws is None:
+                    self.ws = await open_ws(self.url, self.user)
+                    last = max(self.seqs, default=0)
+                    await self.ws.send({"type": "resume", "id": "resume", "cursors": {self.cid: last}})
+                frame = await self.ws.recv(timeout=max(0.05, min(1.0, until - time.monotonic())))
+                if frame.get("type") == "message.new" and frame["message"]["conversation_id"] == self.cid:
+                    self.seqs.add(frame["message"]["seq"])
+            except TimeoutError:
+                continue
+            except (ConnectionClosed, OSError):
+                self.ws = None
+                self.reconnects += 1
+                await asyncio.sleep(0.2)
+
+
+async def test_delivery_survives_a_master_sigkill(cluster_apps, people, redis_cluster):
+    cid = str(people["conv"].id)
+    victim = redis_cluster.master_of_key(group_shard(cid))
+    alice = await open_ws(cluster_apps["a"].ws_url, people["alice"])
+    reader = Reader(cluster_apps["b"].ws_url, people["bob"], cid)
+    acked: set[int] = set()
+    deadline = time.monotonic() + 40
+    reading = asyncio.ensure_future(reader.run(deadline))
+    try:
+        await asyncio.sleep(0.5)  # bob connected and subscribed
+        ack = await alice.request({"type": "message.send", "id": "m0", "conversation_id": cid, "body": "before"})
+        acked.add(ack["message"]["seq"])
+
+        kill = asyncio.ensure_future(asyncio.to_thread(redis_cluster.kill_master, victim))
+        killed_at = time.monotonic()
+        i = 0
+        after_failover: set[int] = set()
+        first_after: float | None = None
+        # Alice keeps sending; a send may be refused (503) while the cluster fails over.
+        while time.monotonic() - killed_at < 20:
+            i += 1
+            try:
+                reply = await alice.request(
+                    {"type": "message.send", "id": f"m{i}", "conversation_id": cid, "body": f"m{i}"}, timeout=5
+                )
+            except (ConnectionClosed, TimeoutError):
+                await alice.close()
+                alice = await open_ws(cluster_apps["a"].ws_url, people["alice"])
+                continue
+            if reply["type"] == "ack":
+                acked.add(reply["message"]["seq"])
+                if kill.done():
+                    after_failover.add(reply["message"]["seq"])
+            if first_after is None and after_failover & reader.seqs:
+                first_after = time.monotonic()
+            if first_after is not None and time.monotonic() - first_after > 1:
+                break
+            await asyncio.sleep(0.2)
+        await kill
+        assert first_after is not None, "no message delivered after the failover"
+        assert first_after - killed_at < 15, "chat not back within 15 s of the kill"
+        while not acked <= reader.seqs and time.monotonic() < deadline - 1:
+            await asyncio.sleep(0.1)
+        assert acked <= reader.seqs, f"acknowledged but never delivered: {sorted(acked - reader.seqs)}"
+    finally:
+        reading.cancel()
+        try:
+            await reading
+        except BaseException:
+            pass
+        await alice.close()
+        if reader.ws is not None:
+            await reader.ws.close()
