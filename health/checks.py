@@ -19,6 +19,7 @@ from core import metrics, redis_client
 logger = logging.getLogger("health")
 
 CHECK_TIMEOUT_SECONDS = 1.5
+MASTER_TIMEOUT_SECONDS = 0.8
 
 # The database ping blocks a thread. Its own two threads, so a hung database ties up at most
 # these (until the driver's connect_timeout) instead of the loop's default executor, which also
@@ -61,12 +62,27 @@ async def check_redis() -> dict[str, Any] | None:
 async def _master_status(client: aiocluster.RedisCluster, node: aiocluster.ClusterNode) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        info = await client.execute_command("CLUSTER INFO", target_nodes=node)
+        # Shorter than the whole check: a hung master shows as down next to the others' state.
+        async with asyncio.timeout(MASTER_TIMEOUT_SECONDS):
+            info = await client.execute_command("CLUSTER INFO", target_nodes=node)
         result: dict[str, Any] = {"status": "ok", "cluster_state": str(info.get("cluster_state", "unknown"))}
+    except TimeoutError:
+        result = {"status": "down", "error": "timeout"}
     except Exception as exc:
         result = {"status": "down", "error": exc.__class__.__name__}
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return result
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _refresh_slot_map(client: aiocluster.RedisCluster) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await client.nodes_manager.initialize()
+    except Exception as exc:
+        logger.warning("redis cluster slot map refresh failed", extra={"error": exc.__class__.__name__})
 
 
 async def _check_redis_cluster(client: aiocluster.RedisCluster) -> dict[str, Any]:
@@ -81,11 +97,11 @@ async def _check_redis_cluster(client: aiocluster.RedisCluster) -> dict[str, Any
     details: dict[str, Any] = {"cluster_state": "ok" if states == {"ok"} else "fail", "masters": by_name}
     if any(s["status"] != "ok" for s in statuses):
         # A master gone (a failover under way, or done while this client still had the old
-        # map): read the slot map again so the next check sees the promoted replica.
-        try:
-            await client.nodes_manager.initialize()
-        except Exception as exc:
-            logger.warning("redis cluster slot map refresh failed", extra={"error": exc.__class__.__name__})
+        # map): read the slot map again, in the background so this answer is not delayed, and
+        # the next check sees the promoted replica.
+        task = asyncio.get_running_loop().create_task(_refresh_slot_map(client))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
         raise CheckFailed("master_unreachable", details)
     if details["cluster_state"] != "ok":
         raise CheckFailed("cluster_state_fail", details)

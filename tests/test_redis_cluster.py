@@ -5,6 +5,9 @@ lost slots from a healthy one."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 import redis
 import redis.asyncio.cluster as aiocluster
@@ -157,4 +160,26 @@ async def test_health_is_down_when_the_cluster_lost_slots(cluster_settings):
     # Survivors answer, and say the cluster has failed.
     survivors = [m for name, m in result["masters"].items() if not name.endswith(f":{victim.port}")]
     assert survivors and all(m["status"] == "ok" and m["cluster_state"] == "fail" for m in survivors)
+    await redis_client.get_async().aclose()
+
+
+async def test_health_shows_a_hung_master_down_then_its_promoted_replica(cluster_settings):
+    assert (await checks.timed("redis", checks.check_redis))["status"] == "ok"
+    startup_port = cluster_settings.startup[1]
+    victim = next(m for m in cluster_settings.masters() if m.port != startup_port)
+    promoted = cluster_settings.freeze_master(victim)
+    result = await checks.timed("redis", checks.check_redis)
+    # The client still had the hung master in its map: it answers nothing within the check.
+    assert result["status"] == "down", result
+    assert result["masters"][f"127.0.0.1:{victim.port}"] == {
+        "status": "down",
+        "error": "timeout",
+        "latency_ms": result["masters"][f"127.0.0.1:{victim.port}"]["latency_ms"],
+    }
+    deadline = time.monotonic() + 5
+    while (result := await checks.timed("redis", checks.check_redis))["status"] != "ok":
+        assert time.monotonic() < deadline, result
+        await asyncio.sleep(0.2)
+    assert f"127.0.0.1:{promoted.port}" in result["masters"]
+    assert f"127.0.0.1:{victim.port}" not in result["masters"]
     await redis_client.get_async().aclose()

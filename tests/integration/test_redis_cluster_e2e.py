@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from harness.processes import AppServer, app_env, start_all, stop_all
 from tests.factories import ConversationFactory
 from tests.integration.conftest import FAST_TIMINGS, WS, database_url, open_ws
+from tests.integration.test_cluster import ahttp
 
 # The connection registry's Lua scripts touch keys of several slots until they are made
 # cluster-safe (hash-tagged keys, realtime/registry.py); until then every connect fails there.
@@ -23,12 +24,9 @@ REGISTRY_CLUSTER_SAFE = bool(importlib.util.find_spec("realtime")) and bool(
     importlib.util.find_spec("realtime.registry")
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.rediscluster,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not REGISTRY_CLUSTER_SAFE, reason="waits on the cluster-safe connection registry"),
-]
+needs_registry = pytest.mark.skipif(not REGISTRY_CLUSTER_SAFE, reason="waits on the cluster-safe connection registry")
+
+pytestmark = [pytest.mark.integration, pytest.mark.rediscluster, pytest.mark.django_db(transaction=True)]
 
 LAYER_PREFIX = "chat:layer"
 
@@ -59,6 +57,7 @@ def group_shard(cid: str) -> str:
     return f"{LAYER_PREFIX}:g:c.{cid}"
 
 
+@needs_registry
 async def test_chat_across_instances_in_conversations_on_every_shard(cluster_apps, people, redis_cluster):
     alice_u, bob_u = people["alice"], people["bob"]
     # Conversations until every master carries at least one of them.
@@ -123,6 +122,7 @@ class Reader:
                 await asyncio.sleep(0.2)
 
 
+@needs_registry
 async def test_delivery_survives_a_master_sigkill(cluster_apps, people, redis_cluster):
     cid = str(people["conv"].id)
     victim = redis_cluster.master_of_key(group_shard(cid))
@@ -176,3 +176,22 @@ async def test_delivery_survives_a_master_sigkill(cluster_apps, people, redis_cl
         await alice.close()
         if reader.ws is not None:
             await reader.ws.close()
+
+
+async def test_health_of_an_instance_on_the_cluster(cluster_apps, redis_cluster):
+    """``redis`` carries the cluster state and every master; ``channel_layer`` is a probe round
+    trip through sharded pub/sub; a cluster that lost slots makes the instance unavailable."""
+    url = f"{cluster_apps['a'].url}/api/health"
+    status, body = await ahttp("GET", url)
+    assert status == 200, body
+    assert body["services"]["redis"]["status"] == "ok"
+    assert body["services"]["redis"]["cluster_state"] == "ok"
+    assert len(body["services"]["redis"]["masters"]) == 3
+    assert body["services"]["channel_layer"]["status"] == "ok"
+
+    await asyncio.to_thread(redis_cluster.kill_shard, redis_cluster.masters()[0])
+    status, body = await ahttp("GET", url)
+    assert status == 503, body
+    assert body["status"] == "unavailable"
+    assert body["services"]["redis"]["status"] == "down"
+    assert body["services"]["redis"]["cluster_state"] == "fail"

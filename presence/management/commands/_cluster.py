@@ -10,6 +10,8 @@ from django.conf import settings
 from django.core.management.base import CommandError
 from redis.exceptions import RedisError
 
+from core.redis_client import UNAVAILABLE_ERRORS
+
 T = TypeVar("T")
 
 
@@ -24,5 +26,5 @@ def require_cluster() -> None:
 def from_registry(read: Callable[[], T]) -> T:
     try:
         return read()
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, *UNAVAILABLE_ERRORS) as exc:
         raise CommandError(f"Redis unreachable ({exc.__class__.__name__}); check REDIS_HOST / REDIS_PORT.") from None
