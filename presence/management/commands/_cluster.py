@@ -12,6 +12,8 @@ from redis.exceptions import RedisError
 
 from core.redis_client import UNAVAILABLE_ERRORS
 
+_REDIS_FAULTS: tuple[type[BaseException], ...] = (RedisError, OSError, *UNAVAILABLE_ERRORS)
+
 T = TypeVar("T")
 
 
@@ -26,5 +28,5 @@ def require_cluster() -> None:
 def from_registry(read: Callable[[], T]) -> T:
     try:
         return read()
-    except (RedisError, OSError, *UNAVAILABLE_ERRORS) as exc:
+    except _REDIS_FAULTS as exc:
         raise CommandError(f"Redis unreachable ({exc.__class__.__name__}); check REDIS_HOST / REDIS_PORT.") from None
