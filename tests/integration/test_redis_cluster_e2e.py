@@ -1,6 +1,7 @@
 """Two real uvicorn instances with REDIS_CLUSTER=true on the 6-node cluster: real WebSocket
 clients chat across instances in conversations spread over the shards, and delivery survives a
-master SIGKILL (its replica promoted) with no acknowledged message lost."""
+master SIGKILL (its replica promoted) and a slot move under traffic, with no acknowledged
+message lost."""
 
 from __future__ import annotations
 
@@ -122,10 +123,23 @@ class Reader:
                 await asyncio.sleep(0.2)
 
 
+def _fault(redis_cluster, kind: str, shard: str):
+    """A blocking callable applying the fault to the master that carries ``shard``."""
+    owner = redis_cluster.master_of_key(shard)
+    if kind == "sigkill":
+        return lambda: redis_cluster.kill_master(owner)
+    slot = redis_cluster.keyslot(shard)
+    target = next(m for m in redis_cluster.masters() if m.port != owner.port)
+    return lambda: redis_cluster.move_slot(slot, target)
+
+
 @needs_registry
-async def test_delivery_survives_a_master_sigkill(cluster_apps, people, redis_cluster):
+@pytest.mark.parametrize("fault", ["sigkill", "reshard"])
+async def test_delivery_survives_a_master_sigkill_or_a_slot_move(cluster_apps, people, redis_cluster, fault):
+    """The conversation's shard channel loses its master (SIGKILL, replica promoted) or moves to
+    another master under traffic: no acknowledged message is lost, chat is back within 15 s."""
     cid = str(people["conv"].id)
-    victim = redis_cluster.master_of_key(group_shard(cid))
+    apply_fault = _fault(redis_cluster, fault, group_shard(cid))
     alice = await open_ws(cluster_apps["a"].ws_url, people["alice"])
     reader = Reader(cluster_apps["b"].ws_url, people["bob"], cid)
     acked: set[int] = set()
@@ -136,12 +150,13 @@ async def test_delivery_survives_a_master_sigkill(cluster_apps, people, redis_cl
         ack = await alice.request({"type": "message.send", "id": "m0", "conversation_id": cid, "body": "before"})
         acked.add(ack["message"]["seq"])
 
-        kill = asyncio.ensure_future(asyncio.to_thread(redis_cluster.kill_master, victim))
+        kill = asyncio.ensure_future(asyncio.to_thread(apply_fault))
         killed_at = time.monotonic()
         i = 0
         after_failover: set[int] = set()
         first_after: float | None = None
-        # Alice keeps sending; a send may be refused (503) while the cluster fails over.
+        # Alice keeps sending; a send may be refused (503) while the cluster fails over, and
+        # sends go on while the slot migrates.
         while time.monotonic() - killed_at < 20:
             i += 1
             try:
@@ -162,8 +177,8 @@ async def test_delivery_survives_a_master_sigkill(cluster_apps, people, redis_cl
                 break
             await asyncio.sleep(0.2)
         await kill
-        assert first_after is not None, "no message delivered after the failover"
-        assert first_after - killed_at < 15, "chat not back within 15 s of the kill"
+        assert first_after is not None, f"no message delivered after the {fault}"
+        assert first_after - killed_at < 15, f"chat not back within 15 s of the {fault}"
         while not acked <= reader.seqs and time.monotonic() < deadline - 1:
             await asyncio.sleep(0.1)
         assert acked <= reader.seqs, f"acknowledged but never delivered: {sorted(acked - reader.seqs)}"
