@@ -18,6 +18,7 @@ from harness.processes import AppServer, app_env, start_all, stop_all
 from tests.factories import ConversationFactory
 from tests.integration.conftest import FAST_TIMINGS, WS, database_url, open_ws
 from tests.integration.test_cluster import ahttp
+from tests.test_redis_cluster import LEAST_ACL
 
 # The connection registry's Lua scripts touch keys of several slots until they are made
 # cluster-safe (hash-tagged keys, realtime/registry.py); until then every connect fails there.
@@ -34,13 +35,19 @@ LAYER_PREFIX = "chat:layer"
 
 @pytest.fixture
 def cluster_apps(transactional_db, tmp_path, redis_cluster):
-    """Instances "a" and "b" under uvicorn; REDIS_HOST is ``localhost``, which no node announces."""
+    """Instances "a" and "b" under uvicorn; REDIS_HOST is ``localhost``, which no node announces,
+    and they log in as an ACL user with the least access the README gives operators."""
     _, port = redis_cluster.startup
+    for node in redis_cluster.nodes:
+        with node.client() as c:
+            c.execute_command("ACL", "SETUSER", "chatapp", *LEAST_ACL.split())
     env = app_env(
         CHAT_MODE="cluster",
         REDIS_CLUSTER="true",
         REDIS_HOST="localhost",
         REDIS_PORT=str(port),
+        REDIS_USERNAME="chatapp",
+        REDIS_PASSWORD="s3cret-pw",
         DATABASE_URL=database_url(),
         REDIS_KEY_PREFIX="chat",
         LOG_LEVEL="INFO",
