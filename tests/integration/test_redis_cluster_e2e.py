@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from harness.processes import AppServer, app_env, start_all, stop_all
 from tests.factories import ConversationFactory
 from tests.integration.conftest import FAST_TIMINGS, WS, database_url, open_ws
 from tests.integration.test_cluster import ahttp
+from tests.presence.test_commands import manage
 from tests.test_redis_cluster import LEAST_ACL
 
 # The connection registry's Lua scripts touch keys of several slots until they are made
@@ -97,6 +99,14 @@ async def test_chat_across_instances_in_conversations_on_every_shard(cluster_app
         await bob.request({"type": "read", "id": "r", "conversation_id": cid, "seq": 1})
         read = await alice.expect_type("read")
         assert (read["user_id"], read["seq"]) == (bob_u.pk, 1)
+
+        # The operator's view of the registry, read from the cluster by a management command.
+        env = dict(cluster_apps["a"].env, INSTANCE_ID="ops")
+        result = await asyncio.to_thread(manage, env, "chat_stats", "--json")
+        assert result.returncode == 0, result.stderr
+        stats = json.loads(result.stdout)
+        assert stats["connections"] == 2 and stats["users_online"] == 2
+        assert {i["instance_id"]: i["alive"] for i in stats["instances"]} == {"a": True, "b": True}
     finally:
         await alice.close()
         await bob.close()
