@@ -74,6 +74,8 @@ def _common_kwargs() -> dict[str, Any]:
     }
     if not cfg.get("cluster"):
         kwargs["db"] = cfg["db"]  # a cluster has database 0 only
+    if cfg["ssl"] and cfg.get("ssl_ca_certs") and not cfg["sentinels"]:
+        kwargs["ssl_ca_certs"] = cfg["ssl_ca_certs"]
     return kwargs
 
 

@@ -6,6 +6,7 @@ and slot moves are the cluster's own migration commands. Every wait is bounded i
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -50,6 +51,24 @@ def cluster_ports(count: int) -> list[int]:
     raise RuntimeError("no free port pairs for a Redis Cluster")
 
 
+def make_tls_files(directory: str) -> dict[str, str]:
+    """A throw-away CA and one server certificate for ``localhost`` and ``127.0.0.1``."""
+    paths = {name: os.path.join(directory, f"{name}") for name in ("ca.key", "ca.crt", "node.key", "node.crt")}
+    csr, ext = os.path.join(directory, "node.csr"), os.path.join(directory, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", paths["ca.key"], "-out", paths["ca.crt"],
+        "-days", "1", "-subj", "/CN=chat-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", paths["node.key"], "-out", csr, "-subj", "/CN=localhost")
+    run("x509", "-req", "-in", csr, "-CA", paths["ca.crt"], "-CAkey", paths["ca.key"], "-CAcreateserial",
+        "-out", paths["node.crt"], "-days", "1", "-extfile", ext)  # fmt: skip
+    return paths
+
+
 @dataclass
 class ClusterNode:
     port: int
@@ -58,12 +77,19 @@ class ClusterNode:
     proc: subprocess.Popen | None = None
     frozen: bool = False
     extra_args: list[str] = field(default_factory=list)
+    tls: dict[str, str] | None = None
 
     def start(self) -> ClusterNode:
+        if self.tls:
+            # TLS only: clients, the cluster bus and replication.
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cluster", "yes", "--tls-replication", "yes"]
+            ports += ["--tls-cert-file", self.tls["node.crt"], "--tls-key-file", self.tls["node.key"]]
+            ports += ["--tls-ca-cert-file", self.tls["ca.crt"], "--tls-auth-clients", "no"]
+        else:
+            ports = ["--port", str(self.port)]
         args = [
             _redis_binary(),
-            "--port",
-            str(self.port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--cluster-enabled",
@@ -102,8 +128,14 @@ class ClusterNode:
         return self.proc is not None and self.proc.poll() is None
 
     def client(self, timeout: float = 2.0) -> redis.Redis:
+        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": self.tls["ca.crt"]} if self.tls else {}
         return redis.Redis(
-            host="127.0.0.1", port=self.port, password=self.password, decode_responses=True, socket_timeout=timeout
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            decode_responses=True,
+            socket_timeout=timeout,
+            **tls,
         )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -123,13 +155,16 @@ class ClusterNode:
 class RedisCluster:
     """Three masters and three replicas on 127.0.0.1. ``startup`` is the address clients get."""
 
-    def __init__(self, masters: int = 3, replicas_per_master: int = 1, password: str | None = None) -> None:
+    def __init__(
+        self, masters: int = 3, replicas_per_master: int = 1, password: str | None = None, tls: bool = False
+    ) -> None:
         self.dir = tempfile.mkdtemp(prefix="chat-test-redis-cluster-")
         self.password = password
         self.masters_wanted = masters
         self.replicas_per_master = replicas_per_master
+        self.tls = make_tls_files(self.dir) if tls else None
         count = masters * (1 + replicas_per_master)
-        self.nodes = [ClusterNode(port, self.dir, password) for port in cluster_ports(count)]
+        self.nodes = [ClusterNode(port, self.dir, password, tls=self.tls) for port in cluster_ports(count)]
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -142,6 +177,8 @@ class RedisCluster:
             cmd += ["--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
             if self.password:
                 cmd += ["-a", self.password, "--no-auth-warning"]
+            if self.tls:
+                cmd += ["--tls", "--cacert", self.tls["ca.crt"]]
             subprocess.run(cmd, check=True, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self.wait_healthy(timeout)
         except BaseException:

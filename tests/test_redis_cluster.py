@@ -183,3 +183,53 @@ async def test_health_shows_a_hung_master_down_then_its_promoted_replica(cluster
     assert f"127.0.0.1:{promoted.port}" in result["masters"]
     assert f"127.0.0.1:{victim.port}" not in result["masters"]
     await redis_client.get_async().aclose()
+
+
+@pytest.fixture(scope="module")
+def tls_cluster():
+    """A second cluster speaking TLS only (clients, bus and replication), with its own CA."""
+    from harness.redis_cluster import RedisCluster
+
+    cluster = RedisCluster(tls=True).start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_tls_cluster_with_a_private_ca(settings, tls_cluster):
+    """REDIS_SSL on a cluster: certificates verified against the CA for every node the cluster
+    announces, for the sync and asyncio clients, health and the sharded pub/sub layer."""
+    ca = tls_cluster.tls["ca.crt"]
+    _, port = tls_cluster.startup
+    settings.REDIS = {**settings.REDIS, "host": "localhost", "port": port, "cluster": True, "db": 0, "ssl": True}
+    settings.REDIS["ssl_ca_certs"] = None
+    redis_client.reset_clients()
+    with pytest.raises(redis_client.UNAVAILABLE_ERRORS):
+        redis_client.get_sync().ping()  # the system store does not know this CA
+
+    settings.REDIS["ssl_ca_certs"] = ca
+    redis_client.reset_clients()
+    try:
+        sync = redis_client.get_sync()
+        for i in range(20):
+            sync.set(redis_client.key("tls", i), i, ex=30)
+        assert sync.get(redis_client.key("tls", 19)) == "19"
+        assert len({node.name for node in sync.get_primaries()}) == 3
+        result = await checks.timed("redis", checks.check_redis)
+        assert result["status"] == "ok" and len(result["masters"]) == 3, result
+        await redis_client.get_async().aclose()
+    finally:
+        redis_client.reset_clients()
+
+    layer = RedisClusterChannelLayer(
+        hosts=[f"rediss://localhost:{port}"], prefix="chat:layer", cluster_kwargs={"ssl_ca_certs": ca}
+    )
+    try:
+        ch = await layer.new_channel()
+        for group in ("c.1", "c.2", "c.3", "c.4"):
+            await layer.group_add(group, ch)
+        assert len(layer._layer().nodes) > 1  # pub/sub on several masters, each over TLS
+        for group in ("c.1", "c.2", "c.3", "c.4"):
+            await layer.group_send(group, {"type": "hi", "g": group})
+            assert await layer.receive(ch) == {"type": "hi", "g": group}
+    finally:
+        await layer.flush()

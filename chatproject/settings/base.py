@@ -123,6 +123,10 @@ REDIS_PORT = env_int("REDIS_PORT", 6379, minimum=1)
 REDIS_USERNAME = env_str("REDIS_USERNAME")  # an ACL user; empty is the default user
 REDIS_PASSWORD = env_str("REDIS_PASSWORD")
 REDIS_SSL = env_bool("REDIS_SSL", False)
+# A CA bundle to verify Redis's certificate with (a self-managed CA); empty: the system's store.
+REDIS_SSL_CA_CERTS = env_str("REDIS_SSL_CA_CERTS")
+if REDIS_SSL_CA_CERTS and not os.path.isfile(REDIS_SSL_CA_CERTS):
+    raise ConfigError("REDIS_SSL_CA_CERTS", f"no such file: {REDIS_SSL_CA_CERTS!r}")
 REDIS_DB = env_int("REDIS_DB", 0, minimum=0)
 REDIS_SENTINELS = parse_hostports("REDIS_SENTINELS", env_str("REDIS_SENTINELS")) if env_str("REDIS_SENTINELS") else []
 REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
@@ -153,6 +157,7 @@ REDIS = {
     "password": REDIS_PASSWORD or None,
     "cluster": REDIS_CLUSTER,
     "ssl": REDIS_SSL,
+    "ssl_ca_certs": REDIS_SSL_CA_CERTS or None,
     "db": REDIS_DB,
     "sentinels": REDIS_SENTINELS,
     "sentinel_master": REDIS_SENTINEL_MASTER,
@@ -182,6 +187,8 @@ def _cluster_layer_options() -> dict[str, Any]:
         options["password"] = REDIS_PASSWORD
     if REDIS_SSL:
         options["ssl"] = True
+        if REDIS_SSL_CA_CERTS:
+            options["ssl_ca_certs"] = REDIS_SSL_CA_CERTS
     return options
 
 
