@@ -37,7 +37,6 @@ class SendResult:
 class ReadResult:
     seq: int
     read_at: Any
-    changed: bool
 
 
 # --- Conversations and participants ---------------------------------------------------------
@@ -277,12 +276,12 @@ def read_mark(*, user_id: int, conversation_id: object, seq: Any) -> ReadResult:
         raise Invalid.field("seq", f"Past the last message (seq {conversation.last_seq}).")
     participant = Participant.objects.select_for_update().get(conversation=conversation, user_id=user_id)
     if seq <= participant.last_read_seq:
-        return ReadResult(participant.last_read_seq, participant.last_read_at, False)
+        return ReadResult(participant.last_read_seq, participant.last_read_at)
     participant.last_read_seq = seq
     participant.last_read_at = timezone.now()
     participant.save(update_fields=["last_read_seq", "last_read_at"])
     events.read(conversation_id=conversation.id, user_id=user_id, seq=seq, read_at=participant.last_read_at)
-    return ReadResult(seq, participant.last_read_at, True)
+    return ReadResult(seq, participant.last_read_at)
 
 
 def typing_set(*, user_id: int, conversation_id: object, state: Any) -> bool:

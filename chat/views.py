@@ -103,7 +103,7 @@ class ConversationListView(APIView):
 class ConversationDetailView(APIView):
     @extend_schema(responses={200: ConversationOut}, summary="One conversation (participants only)")
     def get(self, request: Request, conversation_id: str) -> Response:
-        conversation = selectors.conversation_for(user_id=uid(request), conversation_id=conversation_id)
+        conversation = selectors.conversation_detail(user_id=uid(request), conversation_id=conversation_id)
         return Response(presenters.conversation(conversation))
 
 
@@ -114,7 +114,7 @@ class ParticipantListView(APIView):
         _, created = services.participant_add(
             actor_id=uid(request), conversation_id=conversation_id, user_id=data["user_id"]
         )
-        conversation = selectors.conversation_for(user_id=uid(request), conversation_id=conversation_id)
+        conversation = selectors.conversation_detail(user_id=uid(request), conversation_id=conversation_id)
         return Response(
             presenters.conversation(conversation), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )

@@ -47,10 +47,6 @@ class ApplicationError(Exception):
         return body
 
 
-class BadRequest(ApplicationError):
-    status, code, default_detail = 400, "bad_request", "Bad request."
-
-
 class Invalid(ApplicationError):
     status, code, default_detail = 400, "invalid", "Invalid input."
 
@@ -93,8 +89,12 @@ def _redis_unavailable() -> tuple[type[BaseException], ...]:
     return UNAVAILABLE_ERRORS
 
 
+class InternalError(ApplicationError):
+    status, code, default_detail = 500, "internal_error", "Internal server error."
+
+
 def internal_error_body() -> dict[str, Any]:
-    return {"status": 500, "code": "internal_error", "detail": "Internal server error."}
+    return InternalError().as_dict()
 
 
 def _flatten(detail: Any) -> dict[str, list[str]]:
@@ -163,12 +163,10 @@ def _render(exc: Exception, context: dict[str, Any]) -> Response:
                 break
         if isinstance(exc, drf_exceptions.ValidationError):
             errors = _flatten(exc.detail)
-            body = {"status": 400, "code": "invalid", "detail": "Invalid input.", "errors": errors}
+            body = Invalid(errors=errors).as_dict()
         else:
             detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-            body = {"status": status, "code": code, "detail": str(detail)}
-            if status == 400:
-                body["errors"] = {}
+            body = _error(status, code, str(detail))
         auth_header = getattr(exc, "auth_header", None)
         if auth_header:
             headers["WWW-Authenticate"] = auth_header
@@ -181,13 +179,24 @@ def _render(exc: Exception, context: dict[str, Any]) -> Response:
     return Response(internal_error_body(), status=500)
 
 
+def _error(status: int, code: str, detail: str) -> dict[str, Any]:
+    error = ApplicationError(detail, code=code)
+    error.status = status
+    return error.as_dict()
+
+
+def error_response(error: ApplicationError) -> JsonResponse:
+    """The envelope as a plain Django response (outside DRF: handlers, health, metrics)."""
+    return JsonResponse(error.as_dict(), status=error.status)
+
+
 def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
-        return JsonResponse({"status": 404, "code": "not_found", "detail": "Not found."}, status=404)
+        return error_response(NotFound())
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception or Http404())
@@ -195,7 +204,7 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
 
 def handler500(request: HttpRequest) -> HttpResponse:
     if _is_api(request):
-        return JsonResponse(internal_error_body(), status=500)
+        return error_response(InternalError())
     from django.views.defaults import server_error
 
     return server_error(request)
@@ -203,7 +212,7 @@ def handler500(request: HttpRequest) -> HttpResponse:
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
-        return JsonResponse({"status": 403, "code": "permission_denied", "detail": "Forbidden."}, status=403)
+        return error_response(PermissionDenied("Forbidden."))
     from django.views.defaults import permission_denied
 
     return permission_denied(request, exception or DjangoPermissionDenied())
@@ -211,7 +220,7 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
-        return JsonResponse({"status": 400, "code": "bad_request", "detail": "Bad request.", "errors": {}}, status=400)
+        return error_response(ApplicationError())
     from django.views.defaults import bad_request
 
     return bad_request(request, exception or Exception())

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.errors import PermissionDenied, error_response
 from core.runtime import runtime
 from realtime.router import router
 
@@ -60,7 +61,5 @@ def _metrics_allowed(request: HttpRequest) -> bool:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     if not _metrics_allowed(request):
-        return JsonResponse(
-            {"status": 403, "code": "permission_denied", "detail": "Metrics are not public."}, status=403
-        )
+        return error_response(PermissionDenied("Metrics are not public."))
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
