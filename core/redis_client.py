@@ -137,6 +137,13 @@ def get_async() -> AsyncClient:
     return client
 
 
+async def close_async() -> None:
+    """Close the running loop's client (a private loop that is about to end)."""
+    client = _async_clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
 def reset_clients() -> None:
     """Forget every client (tests point the process at a new Redis)."""
     global _sync_client

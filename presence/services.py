@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -22,7 +21,7 @@ from chat.presenters import iso
 from chat.selectors import conversation_ids_of
 from core.errors import Invalid, NotFound
 from realtime.protocol import CloseCode
-from realtime.registry import get_registry, user_connection_count_blocking
+from realtime.registry import user_connection_count_blocking
 
 from . import firestore
 from .models import STATUS_TEXT_MAX_CHARS, StatusOutbox, UserStatus
@@ -141,7 +140,7 @@ def user_disconnect(*, user_id: object, code: int = CloseCode.DISCONNECTED) -> i
     # Deactivated users too: that is when an operator most wants their sockets gone.
     if not get_user_model().objects.filter(pk=uid).exists():
         raise NotFound("No such user.")
-    count = async_to_sync(get_registry().user_connection_count)(uid)
+    count = user_connection_count_blocking(uid)
     events.disconnect_user(user_id=uid, code=code)
     return int(count)
 
