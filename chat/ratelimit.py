@@ -12,7 +12,7 @@ import time
 from django.conf import settings
 
 from core import redis_client
-from core.errors import RateLimited
+from core.errors import RateLimited, Unavailable
 
 # KEYS[1] bucket hash; ARGV: rate per second, burst, now (seconds, float), cost.
 # Returns {allowed (0/1), seconds until a token is available (string)}.
@@ -61,7 +61,12 @@ def check_send_rate(*, user_id: int) -> None:
     bucket = redis_client.key("rl", "send", user_id)
     if redis_client.cluster_mode():
         client = redis_client.get_sync()
-        allowed, wait = client.eval(_BUCKET_LUA, 1, bucket, rate, burst, now, 1)  # type: ignore[misc]
+        try:
+            allowed, wait = client.eval(_BUCKET_LUA, 1, bucket, rate, burst, now, 1)  # type: ignore[misc]
+        except redis_client.UNAVAILABLE_ERRORS:
+            # A failover in progress (or a cluster that lost the bucket's slot): the client
+            # retries the send, over HTTP and on the socket alike.
+            raise Unavailable("Redis is failing over; retry shortly.", retry_after=1) from None
         ok, retry_after = bool(int(allowed)), float(wait)
     else:
         ok, retry_after = _take_local(bucket, rate, burst, now)

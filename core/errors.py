@@ -12,7 +12,6 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from redis import exceptions as redis_exceptions
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -84,6 +83,12 @@ class Unavailable(ApplicationError):
     status, code, default_detail = 503, "unavailable", "Service temporarily unavailable."
 
 
+def _redis_unavailable() -> tuple[type[BaseException], ...]:
+    from core.redis_client import UNAVAILABLE_ERRORS
+
+    return UNAVAILABLE_ERRORS
+
+
 class InternalError(ApplicationError):
     status, code, default_detail = 500, "internal_error", "Internal server error."
 
@@ -138,7 +143,7 @@ def _render(exc: Exception, context: dict[str, Any]) -> Response:
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
-    elif isinstance(exc, (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError)):
+    elif isinstance(exc, _redis_unavailable()):
         # In cluster mode tickets and send buckets live in Redis; without it this instance
         # cannot do the call. That is a 503 the client retries (elsewhere), not a 500.
         logger.warning("redis unavailable in %s", context.get("view").__class__.__name__, exc_info=exc)

@@ -3,6 +3,7 @@ in a fresh process. A bad value must stop start-up with one line that names the 
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -105,3 +106,33 @@ def test_production_with_secret_key_starts(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+def _load_settings(monkeypatch, **env: str):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    original = sys.modules.pop("chatproject.settings.base", None)
+    try:
+        return importlib.import_module("chatproject.settings.base")
+    finally:
+        if original is not None:
+            sys.modules["chatproject.settings.base"] = original
+
+
+def test_settings_select_the_sharded_layer_and_refuse_conflicts(monkeypatch):
+    base = _load_settings(
+        monkeypatch, REDIS_CLUSTER="true", REDIS_HOST="cfg.example", REDIS_USERNAME="app", REDIS_PASSWORD="p@ss"
+    )
+    layer = base.CHANNEL_LAYERS["default"]
+    assert layer["BACKEND"] == "channels_redis_cluster.RedisClusterChannelLayer"
+    assert layer["CONFIG"]["hosts"] == [{"host": "cfg.example", "port": base.REDIS_PORT}]
+    assert layer["CONFIG"]["cluster_kwargs"]["username"] == "app"
+    assert base.REDIS["cluster"] is True and base.REDIS["username"] == "app"
+    with pytest.raises(SystemExit, match="REDIS_CLUSTER"):
+        _load_settings(monkeypatch, REDIS_SENTINELS="127.0.0.1:26379")
+    monkeypatch.delenv("REDIS_SENTINELS")
+    with pytest.raises(SystemExit, match="REDIS_DB"):
+        _load_settings(monkeypatch, REDIS_DB="2")
+    monkeypatch.delenv("REDIS_DB")
+    with pytest.raises(SystemExit, match="REDIS_CLUSTER"):
+        _load_settings(monkeypatch, REDIS_CLUSTER="maybe")

@@ -121,12 +121,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_HOST = env_str("REDIS_HOST")
 REDIS_PORT = env_int("REDIS_PORT", 6379, minimum=1)
+REDIS_USERNAME = env_str("REDIS_USERNAME")  # an ACL user; empty is the default user
 REDIS_PASSWORD = env_str("REDIS_PASSWORD")
 REDIS_SSL = env_bool("REDIS_SSL", False)
+# A CA bundle to verify Redis's certificate with (a self-managed CA); empty: the system's store.
+REDIS_SSL_CA_CERTS = env_str("REDIS_SSL_CA_CERTS")
+if REDIS_SSL_CA_CERTS and not os.path.isfile(REDIS_SSL_CA_CERTS):
+    raise ConfigError("REDIS_SSL_CA_CERTS", f"no such file: {REDIS_SSL_CA_CERTS!r}")
 REDIS_DB = env_int("REDIS_DB", 0, minimum=0)
 REDIS_SENTINELS = parse_hostports("REDIS_SENTINELS", env_str("REDIS_SENTINELS")) if env_str("REDIS_SENTINELS") else []
 REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "chat")
+# REDIS_CLUSTER: REDIS_HOST:REDIS_PORT is any node of a Redis Cluster, or a configuration endpoint.
+REDIS_CLUSTER = env_bool("REDIS_CLUSTER", False)
+if REDIS_CLUSTER and REDIS_SENTINELS:
+    raise ConfigError("REDIS_CLUSTER", "a Redis Cluster is not found through Sentinel; unset REDIS_SENTINELS")
+if REDIS_CLUSTER and REDIS_DB:
+    raise ConfigError("REDIS_DB", "a Redis Cluster has database 0 only")
 
 # CHAT_MODE: "auto" (cluster when Redis is configured or answers on localhost:6379), "single"
 # or "cluster". Single mode is one process with an in-process channel layer.
@@ -143,8 +154,11 @@ REDIS_HOST = REDIS_HOST or "localhost"
 REDIS = {
     "host": REDIS_HOST,
     "port": REDIS_PORT,
+    "username": REDIS_USERNAME or None,
     "password": REDIS_PASSWORD or None,
+    "cluster": REDIS_CLUSTER,
     "ssl": REDIS_SSL,
+    "ssl_ca_certs": REDIS_SSL_CA_CERTS or None,
     "db": REDIS_DB,
     "sentinels": REDIS_SENTINELS,
     "sentinel_master": REDIS_SENTINEL_MASTER,
@@ -157,12 +171,26 @@ def _layer_host() -> dict[str, Any] | str:
             "sentinels": REDIS_SENTINELS,
             "master_name": REDIS_SENTINEL_MASTER,
             "sentinel_kwargs": {"password": REDIS_PASSWORD} if REDIS_PASSWORD else {},
+            "username": REDIS_USERNAME or None,
             "password": REDIS_PASSWORD or None,
             "db": REDIS_DB,
         }
     scheme = "rediss" if REDIS_SSL else "redis"
-    auth = f":{REDIS_PASSWORD}@" if REDIS_PASSWORD else ""
+    auth = f"{REDIS_USERNAME}:{REDIS_PASSWORD}@" if REDIS_PASSWORD else ""
     return f"{scheme}://{auth}{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+
+
+def _cluster_layer_options() -> dict[str, Any]:
+    options: dict[str, Any] = {"require_full_coverage": False}
+    if REDIS_USERNAME:
+        options["username"] = REDIS_USERNAME
+    if REDIS_PASSWORD:
+        options["password"] = REDIS_PASSWORD
+    if REDIS_SSL:
+        options["ssl"] = True
+        if REDIS_SSL_CA_CERTS:
+            options["ssl_ca_certs"] = REDIS_SSL_CA_CERTS
+    return options
 
 
 # "pubsub" (RedisPubSubChannelLayer, the default: chosen by the fan-out benchmark, see README)
@@ -170,7 +198,21 @@ def _layer_host() -> dict[str, Any] | str:
 CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER_BACKEND", "pubsub").lower()
 if CHANNEL_LAYER_BACKEND not in {"pubsub", "core"}:
     raise ConfigError("CHANNEL_LAYER_BACKEND", f"expected pubsub or core, got {CHANNEL_LAYER_BACKEND!r}")
-if CHAT_MODE == "cluster" and CHANNEL_LAYER_BACKEND == "pubsub":
+if REDIS_CLUSTER and CHANNEL_LAYER_BACKEND != "pubsub":
+    raise ConfigError("CHANNEL_LAYER_BACKEND", "on a Redis Cluster events travel on sharded pub/sub; use pubsub")
+if CHAT_MODE == "cluster" and REDIS_CLUSTER:
+    # Sharded pub/sub: one shard channel per group, one connection per master.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis_cluster.RedisClusterChannelLayer",
+            "CONFIG": {
+                "hosts": [{"host": REDIS_HOST, "port": REDIS_PORT}],
+                "prefix": f"{REDIS_KEY_PREFIX}:layer",
+                "cluster_kwargs": _cluster_layer_options(),
+            },
+        }
+    }
+elif CHAT_MODE == "cluster" and CHANNEL_LAYER_BACKEND == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
