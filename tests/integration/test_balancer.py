@@ -45,7 +45,7 @@ async def _hold(url: str, token: str, stop: asyncio.Event) -> None:
                         await asyncio.wait_for(conn.recv(), 0.5)
                     except TimeoutError:
                         continue
-        except Exception:  # noqa: S110 (closed or refused: reconnect after a pause)
+        except Exception:  # closed or refused: reconnect after a pause
             pass
         await asyncio.sleep(0.2)
 
