@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -21,6 +22,7 @@ from django.http.cookie import parse_cookie
 from django.utils.http import is_same_domain
 
 from core.db import db_call
+from core.errors import ApplicationError, dependency_fault
 
 
 class OptionalOriginValidator(OriginValidator):
@@ -121,9 +123,37 @@ class WebSocketAuthMiddleware:
         self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        user, method = await authenticate_scope(scope)
+        try:
+            user, method = await authenticate_scope(scope)
+        except Exception as exc:
+            fault = dependency_fault(exc)
+            if fault is None:
+                raise
+            # The database (tokens, sessions) or Redis (tickets) is away: refuse with 503 so
+            # that a balancer tries another instance and the client retries, never a 500.
+            await refuse_handshake(scope, receive, send, fault)
+            return None
         scope = dict(scope, user=user, auth_method=method)
         return await self.application(scope, receive, send)
+
+
+async def refuse_handshake(scope: dict[str, Any], receive: Any, send: Any, error: ApplicationError) -> None:
+    """Answer a WebSocket handshake with the error's HTTP status and envelope, where the server
+    supports ASGI's websocket.http.response extension (uvicorn); elsewhere (daphne) accept and
+    close with 1011 so the client reconnects."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = json.dumps(error.as_dict()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if error.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, int(error.retry_after + 0.999))).encode()))
+        await send({"type": "websocket.http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": 1011})
 
 
 def WebSocketAuthStack(application: Any) -> Any:  # noqa: N802 (channels' naming convention)

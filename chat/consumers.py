@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from core import metrics
 from core.db import db_call
-from core.errors import ApplicationError, Invalid, RateLimited, internal_error_body
+from core.errors import ApplicationError, Invalid, RateLimited, dependency_fault, internal_error_body
 from core.logging import connection_id_var, user_id_var
 from presence import selectors as presence_selectors
 from presence import services as presence_services
@@ -370,7 +370,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.error(request_id, exc.as_dict())
             if exc.status in (400, 429):
                 self._strike(rate_limited=isinstance(exc, RateLimited))
-        except Exception:
+        except Exception as exc:
+            fault = dependency_fault(exc)
+            if fault is not None:  # Redis or the database away: 503, the client retries
+                self.error(request_id, fault.as_dict())
+                return
             logger.exception("frame handler failed")
             self.error(request_id, internal_error_body())
 

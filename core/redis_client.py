@@ -9,17 +9,36 @@ Both find the master through Sentinel when ``REDIS_SENTINELS`` is set.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 import weakref
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+logger = logging.getLogger("chat.redis")
+T = TypeVar("T")
 
 # Short timeouts: a hung Redis must surface as an error quickly, never hang a request.
 SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
+
+# How long a call that can wait out a failover (a send's rate limit, a ticket) keeps retrying:
+# Sentinel's down-after plus its election, or a managed Redis's endpoint switch.
+FAILOVER_WAIT_SECONDS = 2.0
+# Errors worth retrying on a fresh connection: the server went away or hung, or it was demoted
+# to a replica (READONLY; a fresh connection finds the new master through Sentinel, or through
+# the endpoint's DNS on a managed service).
+RETRYABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 _sync_client: redis.Redis | None = None
 _sync_lock = threading.Lock()
@@ -44,6 +63,11 @@ def _common_kwargs() -> dict[str, Any]:
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "health_check_interval": 10,
         "decode_responses": True,
+        # redis-py's default retries ten times, each up to SOCKET_TIMEOUT: about 25 s against a
+        # frozen master. One quick retry on a fresh connection (a pooled connection the server
+        # closed); longer waits are the caller's choice (with_failover_retry).
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        "retry_on_error": list(RETRYABLE),
     }
 
 
@@ -88,3 +112,47 @@ def reset_clients() -> None:
             _sync_client.close()
         _sync_client = None
     _async_clients.clear()
+
+
+def _log_retry(exc: Exception, attempt: int) -> None:
+    logger.info("redis call failed; retrying", extra={"error": exc.__class__.__name__, "attempt": attempt})
+
+
+def with_failover_retry(call: Callable[[redis.Redis], T], *, wait: float = FAILOVER_WAIT_SECONDS) -> T:
+    """``call(client)``, retried on a Redis fault for up to ``wait`` seconds (a failover about to
+    end succeeds instead of failing); the last error is raised after that."""
+    deadline = time.monotonic() + wait
+    attempt = 0
+    while True:
+        client = get_sync()
+        try:
+            return call(client)
+        except RETRYABLE as exc:
+            attempt += 1
+            if time.monotonic() >= deadline:
+                raise
+            _log_retry(exc, attempt)
+            if isinstance(exc, ReadOnlyError):
+                # A master demoted in place: pooled connections would go on hitting the replica.
+                client.connection_pool.disconnect()
+            time.sleep(min(0.1 * attempt, 0.5, max(0.0, deadline - time.monotonic())))
+
+
+async def with_failover_retry_async(
+    call: Callable[[aioredis.Redis], Awaitable[T]], *, wait: float = FAILOVER_WAIT_SECONDS
+) -> T:
+    """The asyncio form of :func:`with_failover_retry`."""
+    deadline = time.monotonic() + wait
+    attempt = 0
+    while True:
+        client = get_async()
+        try:
+            return await call(client)
+        except RETRYABLE as exc:
+            attempt += 1
+            if time.monotonic() >= deadline:
+                raise
+            _log_retry(exc, attempt)
+            if isinstance(exc, ReadOnlyError):
+                await client.connection_pool.disconnect()
+            await asyncio.sleep(min(0.1 * attempt, 0.5, max(0.0, deadline - time.monotonic())))

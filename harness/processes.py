@@ -103,6 +103,60 @@ class RedisServer:
         self.start()
 
 
+def _pg_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise RuntimeError("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+    return str(found[-1])
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster of our own (initdb, pg_ctl) on a free port, so a test can
+    stop and restart the database server without touching a shared one. Trusts local
+    connections as user ``postgres``; fsync off (nothing here must survive a power cut)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="chat-test-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "postgres.log"
+        # initdb and postgres refuse to run as root: run them as the postgres system user.
+        self._as: list[str] = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.dir, "postgres")
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        subprocess.run([*self._as, *args], check=True, timeout=timeout, capture_output=True)
+
+    def init(self) -> PostgresServer:
+        self._run(_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        return self
+
+    def start(self) -> PostgresServer:
+        if not self.data.exists():
+            self.init()
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        pg_ctl = _pg_bin("pg_ctl")
+        self._run(pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "30", "start")
+        wait_for_port(self.port, 10)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: clients are disconnected, like a restart; ``immediate``:
+        like a crash)."""
+        if (self.data / "postmaster.pid").exists():
+            self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
+
+    def url(self, name: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def destroy(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def app_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env.update(
