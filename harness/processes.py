@@ -48,8 +48,9 @@ def _redis_binary() -> str:
 class RedisServer:
     """A redis-server of our own on a free port, keeping nothing on disk."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: list[str] | None = None) -> None:
         self.port = port or free_port()
+        self.args = list(args or [])  # more redis-server options (--replicaof host port, ...)
         self.proc: subprocess.Popen | None = None
         self.dir = tempfile.mkdtemp(prefix="chat-test-redis-")
 
@@ -71,6 +72,7 @@ class RedisServer:
                 "no",
                 "--loglevel",
                 "warning",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
