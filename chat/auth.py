@@ -131,19 +131,18 @@ class WebSocketAuthMiddleware:
                 raise
             # The database (tokens, sessions) or Redis (tickets) is away: refuse with 503 so
             # that a balancer tries another instance and the client retries, never a 500.
-            await refuse_handshake(scope, receive, send, fault)
+            if (await receive())["type"] == "websocket.connect":
+                await refuse_handshake(scope, send, fault)
             return None
         scope = dict(scope, user=user, auth_method=method)
         return await self.application(scope, receive, send)
 
 
-async def refuse_handshake(scope: dict[str, Any], receive: Any, send: Any, error: ApplicationError) -> None:
-    """Answer a WebSocket handshake with the error's HTTP status and envelope, where the server
-    supports ASGI's websocket.http.response extension (uvicorn); elsewhere (daphne) accept and
-    close with 1011 so the client reconnects."""
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
+async def refuse_handshake(scope: dict[str, Any], send: Any, error: ApplicationError, close_code: int = 1011) -> None:
+    """Answer a WebSocket handshake (its websocket.connect received) with the error's HTTP status
+    and envelope, where the server supports ASGI's websocket.http.response extension (uvicorn):
+    a balancer then tries the next instance. Elsewhere (daphne) accept and close with
+    ``close_code`` so the client reconnects."""
     if "websocket.http.response" in scope.get("extensions", {}):
         body = json.dumps(error.as_dict()).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -153,7 +152,7 @@ async def refuse_handshake(scope: dict[str, Any], receive: Any, send: Any, error
         await send({"type": "websocket.http.response.body", "body": body})
         return
     await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": 1011})
+    await send({"type": "websocket.close", "code": close_code})
 
 
 def WebSocketAuthStack(application: Any) -> Any:  # noqa: N802 (channels' naming convention)

@@ -26,13 +26,14 @@ from redis.exceptions import RedisError
 
 from core import metrics
 from core.db import db_call
-from core.errors import ApplicationError, Invalid, RateLimited, dependency_fault, internal_error_body
+from core.errors import ApplicationError, Invalid, RateLimited, Unavailable, dependency_fault, internal_error_body
 from core.logging import connection_id_var, user_id_var
 from presence import selectors as presence_selectors
 from presence import services as presence_services
 from presence.registry import Connection, get_registry
 
 from . import selectors, services
+from .auth import refuse_handshake
 from .events import iso, message_dict
 from .fanout import CLOSE_FANOUT_LOST, CLOSE_SHUTDOWN, encode, hub
 
@@ -49,6 +50,10 @@ CLOSE_ABNORMAL = 1006  # recorded, never sent: the socket was gone when a write 
 ABUSE_WINDOW_SECONDS = 10.0
 ABUSE_MAX_STRIKES = 20
 TOUCH_INTERVAL_SECONDS = 30.0
+# Live messages on a new socket wait for the client's first frame (its resume, after a
+# reconnect) for at most this long: sent before the resume, a message committed while the client
+# was away would arrive ahead of the missed ones the resume sends, out of seq order.
+PRE_RESUME_HOLD_SECONDS = 1.0
 
 Handler = Callable[["ChatConsumer", dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
@@ -96,6 +101,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.conversations: set[str] = set()
         self.sent_seq: dict[str, int] = {}
         self.resuming: dict[str, list[tuple[int, str]]] = {}
+        self.pre_resume: set[str] = set()
+        self.pre_resume_timer: asyncio.TimerHandle | None = None
         self.queue: deque[str] = deque()
         self.queue_limit: int = settings.WS_SEND_QUEUE_FRAMES  # read once: push() runs per delivery
         self.drain_mark = 0
@@ -119,7 +126,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._refuse(CLOSE_SHUTDOWN)
             return
         if not hub.healthy:
-            await self._refuse(CLOSE_FANOUT_LOST)
+            # HTTP 503: the balancer tries another instance in the same request, instead of
+            # every client bouncing off this one with 1011 until its fan-out path is back.
+            await refuse_handshake(self.scope, self.base_send, Unavailable("This instance lost its fan-out path."))
+            metrics.DISCONNECTS.labels(code="503").inc()
+            logger.info("refused", extra={"status": 503})
             return
 
         await self.accept()
@@ -141,6 +152,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             conversations = await db_call(_conversation_seqs)(self.user_id)
             self.conversations = set(conversations)
+            self.pre_resume = set(conversations)
+            self.resuming = {cid: [] for cid in conversations}
+            self.pre_resume_timer = asyncio.get_running_loop().call_later(
+                PRE_RESUME_HOLD_SECONDS, self._release_pre_resume
+            )
             # hello is the first frame; the writer starts only once this socket is routed and
             # registered, so a client that has its hello is already reachable everywhere.
             self.push(
@@ -201,8 +217,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
             user_agent=agent,
         )
 
+    def _release_pre_resume(self) -> None:
+        """Deliver the live messages held since connect for conversations the client did not
+        resume (in seq order; the resumed ones are released by their resume)."""
+        if self.pre_resume_timer is not None:
+            self.pre_resume_timer.cancel()
+            self.pre_resume_timer = None
+        cids, self.pre_resume = self.pre_resume, set()
+        for cid in cids:
+            for seq, text in sorted(self.resuming.pop(cid, None) or ()):
+                self.push_message(cid, seq, text)
+
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         code = message.get("code", 1000)
+        if self.pre_resume_timer is not None:
+            self.pre_resume_timer.cancel()
         if self.writer is not None:
             self.writer.cancel()
         if self.registered:
@@ -374,9 +403,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             fault = dependency_fault(exc)
             if fault is not None:  # Redis or the database away: 503, the client retries
                 self.error(request_id, fault.as_dict())
-                return
-            logger.exception("frame handler failed")
-            self.error(request_id, internal_error_body())
+            else:
+                logger.exception("frame handler failed")
+                self.error(request_id, internal_error_body())
+        finally:
+            if self.pre_resume:  # the first frame was handled: nothing more to wait for
+                self._release_pre_resume()
 
     def _strike(self, *, rate_limited: bool) -> None:
         """Sustained invalid frames or rate-limit violations close the socket with 1008."""
@@ -429,9 +461,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             parsed[str(selectors.parse_conversation_id(cid))] = seq
         limit = settings.RESUME_MAX_PER_CONVERSATION
         resumed: dict[str, int] = {}
+        # This resume takes over what was held for these conversations since connect.
+        self.pre_resume.difference_update(parsed)
         for cid, after in parsed.items():
             # Held from before the query: a live message arriving meanwhile waits for the rows.
-            self.resuming[cid] = []
+            self.resuming.setdefault(cid, [])
             try:
                 # Participation is checked now, at the time of the action.
                 rows = await db_call(selectors.resume_messages)(
