@@ -85,6 +85,7 @@ class Hub:
         self.typing_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
         self.presence_seen: dict[int, int] = {}  # user id -> last presence version delivered here
         self.probe_waiters: dict[str, asyncio.Future[None]] = {}
+        self.lagging: dict[str, int] = {}  # conversation -> database seq ahead of delivery last round
         self.tasks: list[asyncio.Task[Any]] = []
         self.subscribing: dict[str, asyncio.Future[None]] = {}
         self.subscribe_queue: deque[str] = deque()
@@ -581,6 +582,7 @@ class Hub:
                 last_refresh = time.monotonic()
             failures = 0
             self.healthy = True
+            await self._sweep_lagging()
             if time.monotonic() - last_refresh > GROUP_REFRESH_SECONDS:
                 await self._refresh_groups()
                 await self._catch_up()
@@ -611,6 +613,33 @@ class Hub:
                 logger.info("catching up missed messages", extra={"conversation_id": cid, "upto": seq})
                 if cid not in self.gap_tasks:
                     self.gap_tasks[cid] = asyncio.get_running_loop().create_task(self._fill_gap(cid, upto=seq))
+
+    async def _sweep_lagging(self) -> None:
+        """Fill conversations still behind what the database had one watchdog round ago. An
+        event can be lost without a failed probe: the layer's subscriber reconnects (a Sentinel
+        failover) between two probes and misses what was published meanwhile. Without a later
+        message in that conversation nothing else would notice. One query per round; a message
+        merely in flight is delivered by then and is not fetched."""
+        cids = list(self.by_conv)
+        if not cids:
+            self.lagging = {}
+            return
+        try:
+            latest = await db_call(_latest_seqs)(cids)
+        except Exception as exc:
+            logger.warning("lag sweep query failed", extra={"error": exc.__class__.__name__})
+            return
+        lagging: dict[str, int] = {}
+        for cid, seq in latest.items():
+            current = self.conv_seq.get(cid, 0)
+            if cid not in self.by_conv or seq <= current:
+                continue
+            before = self.lagging.get(cid)
+            if before is not None and current < before and cid not in self.gap_tasks:
+                logger.info("filling messages whose events were lost", extra={"conversation_id": cid, "upto": before})
+                self.gap_tasks[cid] = asyncio.get_running_loop().create_task(self._fill_gap(cid, upto=before))
+            lagging[cid] = seq
+        self.lagging = lagging
 
     async def _heartbeat_loop(self) -> None:
         from presence.registry import get_registry
