@@ -57,6 +57,7 @@ class FaultResult:
         return {
             "fault": self.name,
             "start_s": round(self.started - t0, 2),
+            "injected_s": round((self.injected or self.started) - t0, 2),
             "end_s": round(self.ended - t0, 2),
             "fresh_ack_p50_s": round(statistics.median(acks), 2) if acks else None,
             "fresh_ack_max_s": round(acks[-1], 2) if acks else None,
