@@ -152,6 +152,33 @@ class SentinelTopology:
             node.proc.send_signal(signal.SIGCONT)
         node.stop(signal.SIGKILL)
 
+    def demote_master(self) -> tuple[int, int]:
+        """A failover with the old master still up: the Sentinels promote the replica and turn
+        the old master into its replica in place (clients still connected to it get READONLY
+        on writes, as after a managed service's failover behind a fixed endpoint). Returns the
+        (old, new) master ports once the Sentinels name the new one."""
+        old = self.master_port()
+        self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                new = self.master_port()
+            except RuntimeError:
+                new = old
+            if new != old:
+                return old, new
+            time.sleep(0.05)
+        raise TimeoutError("SENTINEL FAILOVER did not promote the replica within 15 s")
+
+    def restart_master_empty(self) -> RedisServer:
+        """Kill the master and start it again at once, empty, before the Sentinels' down-after:
+        no failover happens, and the replica resyncs to the empty data set."""
+        node = self.master()
+        node.args = []
+        node.stop(signal.SIGKILL)
+        node.start()
+        return node
+
     def restart_as_replica(self, node: RedisServer) -> None:
         """Bring a killed node back (empty) as a replica of the current master, as an operator
         or an orchestrator would; the Sentinels then list it again."""

@@ -298,6 +298,21 @@ class Run:
         await asyncio.to_thread(self.stack.pg.start)
         return at
 
+    async def redis_master_demoted(self, result: FaultResult) -> float:
+        topology = self.stack.redis
+        await asyncio.to_thread(topology.wait_stable, None, 30)
+        at = time.monotonic()
+        await asyncio.to_thread(topology.demote_master)
+        result.notes.append(f"old master demoted in place {time.monotonic() - at:.1f}s after SENTINEL FAILOVER")
+        return at
+
+    async def redis_restarted_empty(self, result: FaultResult) -> float:
+        topology = self.stack.redis
+        await asyncio.to_thread(topology.wait_stable, None, 30)
+        at = time.monotonic()
+        await asyncio.to_thread(topology.restart_master_empty)
+        return at
+
     async def reconnect_burst(self, result: FaultResult) -> float:
         at = time.monotonic()
         for c in self.clients:
@@ -321,6 +336,8 @@ class Run:
                 ("rolling SIGTERM deploy (3 instances)", self.rolling_deploy),
                 ("Redis master SIGSTOP (Sentinel failover)", self.redis_master_sigstop),
                 ("Redis master SIGKILL (Sentinel failover)", self.redis_master_sigkill),
+                ("Redis master demoted in place (READONLY)", self.redis_master_demoted),
+                ("Redis master restarted empty (no failover)", self.redis_restarted_empty),
                 ("PostgreSQL restart", self.postgres_restart),
                 ("reconnect burst (every client at once)", self.reconnect_burst),
             ]:

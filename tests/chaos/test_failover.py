@@ -27,5 +27,5 @@ async def test_every_fault_is_survived_without_loss_or_duplicates(tmp_path: Path
         assert fault["clients_not_recovered"] == 0, summary
     # Every fault of the run was injected and checked, and every send was acknowledged by the end
     # (sends stop only at each settle point, where all pending ones must be acknowledged).
-    assert report["faults"][0]["fault"] == "steady state" and len(report["faults"]) == 7, summary
+    assert report["faults"][0]["fault"] == "steady state" and len(report["faults"]) == 9, summary
     assert report["acked"] > 0 and report["sent"] - report["acked"] <= report["clients"], summary
