@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -22,7 +21,9 @@ from django.http.cookie import parse_cookie
 from django.utils.http import is_same_domain
 
 from core.db import db_call
-from core.errors import ApplicationError, dependency_fault
+from core.errors import dependency_fault
+from realtime.admission import refuse
+from realtime.protocol import CloseCode
 
 
 class OptionalOriginValidator(OriginValidator):
@@ -131,28 +132,19 @@ class WebSocketAuthMiddleware:
                 raise
             # The database (tokens, sessions) or Redis (tickets) is away: refuse with 503 so
             # that a balancer tries another instance and the client retries, never a 500.
-            if (await receive())["type"] == "websocket.connect":
-                await refuse_handshake(scope, send, fault)
+            await refuse(
+                scope,
+                receive,
+                send,
+                status=fault.status,
+                code=fault.code,
+                retry_after=max(1, round(fault.retry_after or 1)),
+                detail=fault.detail,
+                close_code=CloseCode.FANOUT_LOST,
+            )
             return None
         scope = dict(scope, user=user, auth_method=method)
         return await self.application(scope, receive, send)
-
-
-async def refuse_handshake(scope: dict[str, Any], send: Any, error: ApplicationError, close_code: int = 1011) -> None:
-    """Answer a WebSocket handshake (its websocket.connect received) with the error's HTTP status
-    and envelope, where the server supports ASGI's websocket.http.response extension (uvicorn):
-    a balancer then tries the next instance. Elsewhere (daphne) accept and close with
-    ``close_code`` so the client reconnects."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        body = json.dumps(error.as_dict()).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if error.retry_after is not None:
-            headers.append((b"retry-after", str(max(1, int(error.retry_after + 0.999))).encode()))
-        await send({"type": "websocket.http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
-        return
-    await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": close_code})
 
 
 def WebSocketAuthStack(application: Any) -> Any:  # noqa: N802 (channels' naming convention)
