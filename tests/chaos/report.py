@@ -108,6 +108,8 @@ def picture(report: dict[str, Any], png: Path) -> None:
     for i, f in enumerate(f for f in report["faults"] if f["fault"] != "steady state"):
         ax.axvspan(f["start_s"], f["end_s"], color="#cccccc", alpha=0.35, lw=0)
         ax.axvline(f.get("injected_s", f["start_s"]), color="#444444", lw=0.8, ls="--")
+        if "settle_s" in f:  # new sends paused while the invariants are checked
+            ax.axvspan(f["settle_s"], f["end_s"], ymin=0, ymax=0.025, color="#444444", lw=0)
         ax.text(
             f["start_s"] + 0.3,
             1.0 - 0.07 * (i % 3),
@@ -118,8 +120,8 @@ def picture(report: dict[str, Any], png: Path) -> None:
         )
     ax.set_xlim(0, seconds)
     ax.set_title(
-        "Chaos run: connected clients (line), acknowledged sends per second (bars); each fault shaded from its"
-        " start to its check, dashed at the moment measured from",
+        "Chaos run: connected clients (line), acknowledged sends per second (bars). Each fault shaded from its"
+        " start to its check (dashed: the moment measured from; dark base: sends paused for the check)",
         fontsize=9,
     )
     fig.tight_layout()

@@ -41,6 +41,7 @@ class FaultResult:
     name: str
     started: float
     injected: float = 0.0
+    settling: float = 0.0  # new sends paused from here until ``ended`` for the checks
     ended: float = 0.0
     fresh_ack: list[float] = field(default_factory=list)
     not_recovered: int = 0
@@ -58,6 +59,7 @@ class FaultResult:
             "fault": self.name,
             "start_s": round(self.started - t0, 2),
             "injected_s": round((self.injected or self.started) - t0, 2),
+            "settle_s": round((self.settling or self.ended) - t0, 2),
             "end_s": round(self.ended - t0, 2),
             "fresh_ack_p50_s": round(statistics.median(acks), 2) if acks else None,
             "fresh_ack_max_s": round(acks[-1], 2) if acks else None,
@@ -137,6 +139,7 @@ class Run:
     async def _settle_and_check(self, result: FaultResult) -> None:
         """Stop new sends, let every pending message be acknowledged and every stored one be
         delivered, then check the invariants; sending resumes afterwards."""
+        result.settling = time.monotonic()
         self.sending.clear()
         try:
             settled = await self._wait(
