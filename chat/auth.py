@@ -21,6 +21,9 @@ from django.http.cookie import parse_cookie
 from django.utils.http import is_same_domain
 
 from core.db import db_call
+from core.errors import dependency_fault
+from realtime.admission import refuse
+from realtime.protocol import CloseCode
 
 
 class OptionalOriginValidator(OriginValidator):
@@ -121,7 +124,25 @@ class WebSocketAuthMiddleware:
         self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        user, method = await authenticate_scope(scope)
+        try:
+            user, method = await authenticate_scope(scope)
+        except Exception as exc:
+            fault = dependency_fault(exc)
+            if fault is None:
+                raise
+            # The database (tokens, sessions) or Redis (tickets) is away: refuse with 503 so
+            # that a balancer tries another instance and the client retries, never a 500.
+            await refuse(
+                scope,
+                receive,
+                send,
+                status=fault.status,
+                code=fault.code,
+                retry_after=max(1, round(fault.retry_after or 1)),
+                detail=fault.detail,
+                close_code=CloseCode.FANOUT_LOST,
+            )
+            return None
         scope = dict(scope, user=user, auth_method=method)
         return await self.application(scope, receive, send)
 

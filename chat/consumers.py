@@ -81,9 +81,11 @@ async def on_resume(consumer: ChatConsumer, data: dict[str, Any]) -> dict[str, A
     assert session is not None
     limit = settings.RESUME_MAX_PER_CONVERSATION
     resumed: dict[str, int] = {}
+    for cid in parsed:
+        # Held from before the queries (and since connect): a live message arriving meanwhile
+        # waits for the rows.
+        session.take_over_held(cid)
     for cid, after in parsed.items():
-        # Held from before the query: a live message arriving meanwhile waits for the rows.
-        session.resuming[cid] = []
         try:
             # Participation is checked now, at the time of the action.
             rows = await db_call(selectors.resume_messages)(

@@ -12,7 +12,7 @@ import time
 from django.conf import settings
 
 from core import redis_client
-from core.errors import RateLimited, Unavailable
+from core.errors import RateLimited
 
 # KEYS[1] bucket hash; ARGV: rate per second, burst, now (seconds, float), cost.
 # Returns {allowed (0/1), seconds until a token is available (string)}.
@@ -60,13 +60,10 @@ def check_send_rate(*, user_id: int) -> None:
     now = time.time()
     bucket = redis_client.key("rl", "send", user_id)
     if redis_client.cluster_mode():
-        client = redis_client.get_sync()
-        try:
-            allowed, wait = client.eval(_BUCKET_LUA, 1, bucket, rate, burst, now, 1)  # type: ignore[misc]
-        except redis_client.UNAVAILABLE_ERRORS:
-            # A failover in progress (or a cluster that lost the bucket's slot): the client
-            # retries the send, over HTTP and on the socket alike.
-            raise Unavailable("Redis is failing over; retry shortly.", retry_after=1) from None
+        # Waits out a short failover (then 503): the send goes through rather than failing.
+        allowed, wait = redis_client.with_failover_retry(
+            lambda client: client.eval(_BUCKET_LUA, 1, bucket, rate, burst, now, 1)  # type: ignore[arg-type,return-value]
+        )
         ok, retry_after = bool(int(allowed)), float(wait)
     else:
         ok, retry_after = _take_local(bucket, rate, burst, now)

@@ -306,7 +306,7 @@ def ws_ticket_issue(*, user_id: int) -> str:
     ticket = secrets.token_urlsafe(32)
     ttl = settings.WS_TICKET_TTL_SECONDS
     if redis_client.cluster_mode():
-        redis_client.get_sync().set(redis_client.key("ticket", ticket), user_id, ex=ttl)
+        redis_client.with_failover_retry(lambda r: r.set(redis_client.key("ticket", ticket), user_id, ex=ttl))
     else:
         now = timezone.now().timestamp()
         for stale in [k for k, (_, exp) in _local_tickets.items() if exp < now]:
@@ -320,7 +320,7 @@ def ws_ticket_consume(*, ticket: str) -> int | None:
     if not ticket or len(ticket) > 128:
         return None
     if redis_client.cluster_mode():
-        value = redis_client.get_sync().getdel(redis_client.key("ticket", ticket))
+        value = redis_client.with_failover_retry(lambda r: r.getdel(redis_client.key("ticket", ticket)))
         return int(value) if value is not None else None
     entry = _local_tickets.pop(ticket, None)
     if entry is None or entry[1] < timezone.now().timestamp():

@@ -29,7 +29,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from core import metrics
-from core.errors import ApplicationError, Invalid, RateLimited, internal_error_body
+from core.errors import ApplicationError, Invalid, RateLimited, dependency_fault, internal_error_body
 from core.logging import connection_id_var, user_id_var
 from core.runtime import runtime
 
@@ -45,6 +45,9 @@ ABUSE_WINDOW_SECONDS = 10.0
 ABUSE_MAX_STRIKES = 20
 TOUCH_INTERVAL_SECONDS = 30.0
 DEAD_CLEANUP_SECONDS = 1.0
+# Live frames of ordered streams on a new socket wait at most this long for the client's first
+# frame (its resume after a reconnect; see Session.hold_until_first_frame).
+PRE_RESUME_HOLD_SECONDS = 1.0
 
 Handler = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 FirstConnectionHook = Callable[[int, list[str]], Awaitable[None]]
@@ -164,6 +167,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         (the socket is then closed with 1011, and the disconnect that follows undoes it)."""
         try:
             topics = await self.topics()
+            session.hold_until_first_frame(list(topics), PRE_RESUME_HOLD_SECONDS)
             # hello is the first frame; the writer starts only once this socket is routed and
             # registered, so a client that has its hello is already reachable everywhere.
             session.reply(dict(self.hello()))
@@ -297,9 +301,16 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             self.error(request_id, exc.as_dict())
             if exc.status in (400, 429):
                 self._strike(rate_limited=isinstance(exc, RateLimited))
-        except Exception:
-            logger.exception("frame handler failed")
-            self.error(request_id, internal_error_body())
+        except Exception as exc:
+            fault = dependency_fault(exc)
+            if fault is not None:  # Redis or the database away: 503 with retry_after, never a 500
+                self.error(request_id, fault.as_dict())
+            else:
+                logger.exception("frame handler failed")
+                self.error(request_id, internal_error_body())
+        finally:
+            if session.resuming:  # no handler runs any more: nothing is held for a resume
+                session.release_held()
 
     def _strike(self, *, rate_limited: bool) -> None:
         """Sustained invalid frames or rate-limit violations close the socket with 1008."""
