@@ -10,7 +10,6 @@ this process's memory, and an idle socket holds no task.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -21,18 +20,18 @@ from typing import Any
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError, OperationalError
 from redis.exceptions import RedisError
 
-from core import metrics
+from core import metrics, validation
 from core.db import db_call
-from core.errors import ApplicationError, Invalid, RateLimited, internal_error_body
-from core.logging import connection_id_var, user_id_var
+from core.errors import ApplicationError, Invalid, RateLimited, Unavailable, internal_error_body
+from core.logging import RepeatGate, connection_id_var, user_id_var
 from presence import selectors as presence_selectors
 from presence import services as presence_services
 from presence.registry import Connection, get_registry
 
-from . import selectors, services
+from . import ratelimit, selectors, services
 from .events import iso, message_dict
 from .fanout import CLOSE_FANOUT_LOST, CLOSE_SHUTDOWN, encode, hub
 
@@ -44,11 +43,18 @@ CLOSE_DISCONNECTED = 4000
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_TOO_BIG = 1009
 CLOSE_ABUSE = 1008
-CLOSE_ABNORMAL = 1006  # recorded, never sent: the socket was gone when a write failed
+CLOSE_INTERNAL_ERROR = 1011  # a write failed: the socket is closed, never left open and deaf
 
 ABUSE_WINDOW_SECONDS = 10.0
 ABUSE_MAX_STRIKES = 20
 TOUCH_INTERVAL_SECONDS = 30.0
+
+# Frames whose handler calls no service that takes from a budget itself (the services of
+# message.send, typing, read and status.set do, for HTTP and the socket alike).
+FRAME_BUDGETS = {"ping": "ping", "resume": "resume", "presence.sync": "presence_sync"}
+
+# One traceback per kind of failure a minute, however many frames hit it; the rest are counted.
+_handler_failures = RepeatGate(interval_seconds=60.0)
 
 Handler = Callable[["ChatConsumer", dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
@@ -100,6 +106,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.queue_limit: int = settings.WS_SEND_QUEUE_FRAMES  # read once: push() runs per delivery
         self.drain_mark = 0
         self.closing: int | None = None
+        self.aborting = False
+        self.resume_running = False
         self.registered = False
         self.ready = False  # frames are written once the socket is routed and registered
         self.last_touch = time.monotonic()
@@ -202,21 +210,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        code = message.get("code", 1000)
         if self.writer is not None:
             self.writer.cancel()
-        if self.registered:
-            self.registered = False
-            await hub.unregister(self)
-            try:
-                await get_registry().remove(self.connection_id, self.user_id)
-            except Exception as exc:
-                logger.warning("registry removal failed", extra={"error": exc.__class__.__name__})
-            close_code = self.closing or code
-            metrics.DISCONNECTS.labels(code=str(close_code)).inc()
-            duration = round(time.monotonic() - self.connected_at, 3)
-            logger.info("disconnected", extra={"close_code": close_code, "duration_s": duration})
+        await self._leave(message.get("code", 1000))
         await super().websocket_disconnect(message)
+
+    async def _leave(self, code: int) -> None:
+        """Leave routing and the registry (presence follows from the registry); once only."""
+        if not self.registered:
+            return
+        self.registered = False
+        await hub.unregister(self)
+        try:
+            await get_registry().remove(self.connection_id, self.user_id)
+        except Exception as exc:
+            logger.warning("registry removal failed", extra={"error": exc.__class__.__name__})
+        close_code = self.closing or code
+        metrics.DISCONNECTS.labels(code=str(close_code)).inc()
+        duration = round(time.monotonic() - self.connected_at, 3)
+        logger.info("disconnected", extra={"close_code": close_code, "duration_s": duration})
 
     # --- outgoing -------------------------------------------------------------------------------
 
@@ -303,10 +315,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self._release_drain_waiter()
 
     def _write_failed(self, exc: Exception) -> None:
-        logger.info("write failed; socket gone", extra={"error": repr(exc)[:200]})
-        # Nothing more can be written; the server's disconnect event follows.
-        self.closing = self.closing or CLOSE_ABNORMAL
+        """A write failed. The transport may be gone, or healthy (a frame the server could not
+        encode): no disconnect event follows then, so waiting for one would leave the socket
+        open and deaf. Close it now and leave routing and the registry without waiting."""
+        if self.aborting:
+            return
+        self.aborting = True
+        logger.warning("write failed; closing the socket", extra={"error": exc.__class__.__name__})
+        self.closing = CLOSE_INTERNAL_ERROR
         self.queue.clear()
+        self._release_drain_waiter()
+        asyncio.get_running_loop().create_task(self._abort())
+
+    async def _abort(self) -> None:
+        try:
+            await self.base_send({"type": "websocket.close", "code": CLOSE_INTERNAL_ERROR})
+        except Exception as exc:  # the transport is gone: the server's disconnect event follows
+            logger.debug("close after a failed write failed", extra={"error": exc.__class__.__name__})
+        await self._leave(CLOSE_INTERNAL_ERROR)
 
     def _release_drain_waiter(self) -> None:
         waiter, self.drain_waiter = self.drain_waiter, None
@@ -347,10 +373,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             if text_data is None:
                 raise Invalid("Binary frames are not supported; send JSON text.", code="bad_request")
-            try:
-                data = json.loads(text_data)
-            except ValueError:
-                raise Invalid("Frame is not valid JSON.", code="bad_request") from None
+            # Invalid JSON, deep nesting, NUL or a lone surrogate anywhere: 400, as over HTTP.
+            data = validation.loads(text_data)
             if not isinstance(data, dict):
                 raise Invalid("A frame is a JSON object.", code="bad_request")
             raw_id = data.get("id")
@@ -363,6 +387,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if handler is None:
                 raise Invalid.field("type", f"Unknown frame type {str(frame_type)[:40]!r}.")
             metrics.FRAMES_IN.labels(type=frame_type).inc()
+            budget = FRAME_BUDGETS.get(str(frame_type))
+            if budget is not None:
+                await ratelimit.acheck(budget, user_id=self.user_id)
             result = await handler(self, data)
             if result is not None and request_id is not None:
                 self.reply({"type": "ack", "id": request_id, **result})
@@ -370,9 +397,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.error(request_id, exc.as_dict())
             if exc.status in (400, 429):
                 self._strike(rate_limited=isinstance(exc, RateLimited))
-        except Exception:
-            logger.exception("frame handler failed")
+        except (RedisError, OperationalError, InterfaceError, ConnectionError, TimeoutError) as exc:
+            # A dependency fault is the contract's 503, not a 500: the client retries.
+            logger.warning("frame failed: dependency unavailable", extra={"error": exc.__class__.__name__})
+            self.error(request_id, Unavailable(retry_after=1.0).as_dict())
+        except Exception as exc:
+            suppressed = _handler_failures.allow(exc)
+            if suppressed is not None:
+                logger.exception("frame handler failed", extra={"suppressed_repeats": suppressed})
             self.error(request_id, internal_error_body())
+            # A frame that fails the server is as abusive when repeated as an invalid one.
+            self._strike(rate_limited=False)
 
     def _strike(self, *, rate_limited: bool) -> None:
         """Sustained invalid frames or rate-limit violations close the socket with 1008."""
@@ -415,6 +450,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return {"conversation_id": str(cid), "seq": result.seq, "read_at": iso(result.read_at)}
 
     async def on_resume(self, data: dict[str, Any]) -> dict[str, Any]:
+        # At most one resume per socket at a time (each may send thousands of frames).
+        if self.resume_running:
+            raise RateLimited("A resume is already running on this socket.", retry_after=1.0)
+        self.resume_running = True
+        try:
+            return await self._resume(data)
+        finally:
+            self.resume_running = False
+
+    async def _resume(self, data: dict[str, Any]) -> dict[str, Any]:
         cursors = data.get("cursors")
         if not isinstance(cursors, dict) or len(cursors) > 1000:
             raise Invalid.field("cursors", "Must be an object of conversation id to last seen seq.")

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from redis import exceptions as redis_exceptions
 from rest_framework import exceptions as drf_exceptions
@@ -138,6 +139,8 @@ def _render(exc: Exception, context: dict[str, Any]) -> Response:
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        exc = TooLarge("The request body is larger than the server accepts.")
     elif isinstance(exc, (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError)):
         # In cluster mode tickets and send buckets live in Redis; without it this instance
         # cannot do the call. That is a 503 the client retries (elsewhere), not a 500.
@@ -205,6 +208,9 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request) and isinstance(exception, RequestDataTooBig):
+        # Raised outside a view (a middleware read the body): still the contract's 413.
+        return JsonResponse(TooLarge("The request body is larger than the server accepts.").as_dict(), status=413)
     if _is_api(request):
         return JsonResponse({"status": 400, "code": "bad_request", "detail": "Bad request.", "errors": {}}, status=400)
     from django.views.defaults import bad_request
