@@ -373,15 +373,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             if text_data is None:
                 raise Invalid("Binary frames are not supported; send JSON text.", code="bad_request")
-            # Invalid JSON, deep nesting, NUL or a lone surrogate anywhere: 400, as over HTTP.
-            data = validation.loads(text_data)
+            data = validation.parse(text_data)
             if not isinstance(data, dict):
                 raise Invalid("A frame is a JSON object.", code="bad_request")
             raw_id = data.get("id")
             if raw_id is not None:
                 if not isinstance(raw_id, str) or len(raw_id) > 64:
                     raise Invalid.field("id", "Must be a string of at most 64 characters.")
-                request_id = raw_id
+                request_id = validation.check_text(raw_id, "id")  # echoed: it must be sendable
+            # Deep nesting, NUL or a lone surrogate anywhere else: 400, as over HTTP.
+            validation.check_document(text_data, data)
             frame_type = data.get("type")
             handler = HANDLERS.get(frame_type) if isinstance(frame_type, str) else None
             if handler is None:

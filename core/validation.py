@@ -47,18 +47,28 @@ def check_text(value: str, field: str) -> str:
 def loads(text: str) -> Any:
     """Parse a JSON document from a client: invalid JSON, nesting deeper than MAX_JSON_DEPTH, and
     NUL or a lone surrogate in any key or string are each a 400 (``bad_request`` / ``invalid``)."""
+    data = parse(text)
+    check_document(text, data)
+    return data
+
+
+def parse(text: str) -> Any:
+    """JSON syntax only (a 400 for invalid JSON or nesting the parser cannot take); the caller
+    runs :func:`check_document` on the result before using more than a top-level field."""
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except RecursionError:
         raise _too_deep() from None
     except ValueError:
         raise Invalid("Not valid JSON.", code="bad_request") from None
-    # Fast path for the common frame: bad text can only arrive as a \u escape (strict JSON refuses
-    # raw control characters and the text is already valid UTF-8), and a document with fewer
-    # brackets than the limit cannot nest deeper than it.
+
+
+def check_document(text: str, data: Any) -> None:
+    """:func:`check_tree` for a document parsed from ``text``, skipped when it cannot find anything:
+    bad text can only arrive as a \\u escape (strict JSON refuses raw control characters and the
+    text is already valid UTF-8), and fewer brackets than the limit cannot nest deeper than it."""
     if "\\u" in text or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
         check_tree(data)
-    return data
 
 
 def check_tree(data: Any) -> None:
