@@ -42,7 +42,7 @@ def people(transactional_db):
 def http(
     method: str, url: str, token: str | None = None, body: Any = None, *, raw: bytes | None = None, timeout: float = 10
 ) -> tuple[int, dict[str, str], Any]:
-    """One HTTP call: (status, headers, parsed JSON body or None). ``body`` is sent as JSON with
+    """One HTTP call: (status, headers with lower-case names, parsed JSON body or None). ``body`` is sent as JSON with
     escapes for anything outside ASCII (lone surrogates included), ``raw`` as it is."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method)
@@ -52,10 +52,14 @@ def http(
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             content = resp.read()
-            return resp.status, dict(resp.headers), json.loads(content) if content else None
+            return (
+                resp.status,
+                {k.lower(): v for k, v in resp.headers.items()},
+                json.loads(content) if content else None,
+            )
     except urllib.error.HTTPError as exc:
         content = exc.read()
-        return exc.code, dict(exc.headers), json.loads(content) if content else None
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, json.loads(content) if content else None
 
 
 async def ahttp(*args: Any, **kw: Any) -> tuple[int, dict[str, str], Any]:
