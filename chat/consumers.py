@@ -469,9 +469,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
                 raise Invalid.field("cursors", f"The seq for {cid[:40]!r} must be a non-negative whole number.")
             parsed[str(selectors.parse_conversation_id(cid))] = seq
-        limit = settings.RESUME_MAX_PER_CONVERSATION
+        per_conversation = settings.RESUME_MAX_PER_CONVERSATION
+        # One frame must not buy unbounded output (a thousand cursors from 0): past the total,
+        # conversations with missed messages get resume.truncated and the client pages over HTTP.
+        left = settings.RESUME_MAX_TOTAL_MESSAGES
         resumed: dict[str, int] = {}
         for cid, after in parsed.items():
+            limit = min(per_conversation, left)
             # Held from before the query: a live message arriving meanwhile waits for the rows.
             self.resuming[cid] = []
             try:
@@ -484,6 +488,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     await self._drain_below(self.queue_limit // 2)
                     self.push(encode({"type": "message.new", "message": message_dict(row)}), "message.new")
                     last = row.seq
+                left -= min(len(rows), limit)
                 if len(rows) > limit:
                     self.reply({"type": "resume.truncated", "conversation_id": cid, "next_seq": last + 1})
                 self.sent_seq[cid] = max(self.sent_seq.get(cid, 0), last)

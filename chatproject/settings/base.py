@@ -228,6 +228,8 @@ TYPING_EXPIRY_SECONDS = 10
 WS_TICKET_TTL_SECONDS = 60
 MESSAGES_PAGE_MAX = 200
 RESUME_MAX_PER_CONVERSATION = 1000
+# Messages one resume frame may send in all; past it, resume.truncated (the client pages).
+RESUME_MAX_TOTAL_MESSAGES = env_int("RESUME_MAX_TOTAL_MESSAGES", 10000, minimum=1)
 
 # --- Firestore ------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from chat.models import Conversation, Message
+from tests.factories import ConversationFactory
 from tests.integration.conftest import open_ws
 from tests.security.conftest import ahttp, assert_envelope
 
@@ -18,18 +19,22 @@ BURST = 3
 # A burst of 3 and a refill slow enough that no token comes back during a test.
 TIGHT = f"1/m burst {BURST}"
 SERVERS = {"a": "uvicorn", "b": "uvicorn"}
+RESUME_TOTAL = 300
 SERVER_ENV = {
-    name: TIGHT
-    for name in (
-        "RATE_LIMIT_TYPING",
-        "RATE_LIMIT_READS",
-        "RATE_LIMIT_STATUS",
-        "RATE_LIMIT_PRESENCE_SYNC",
-        "RATE_LIMIT_PINGS",
-        "RATE_LIMIT_RESUMES",
-        "RATE_LIMIT_TICKETS",
-        "RATE_LIMIT_CONVERSATIONS",
-    )
+    "RESUME_MAX_TOTAL_MESSAGES": str(RESUME_TOTAL),
+    **{
+        name: TIGHT
+        for name in (
+            "RATE_LIMIT_TYPING",
+            "RATE_LIMIT_READS",
+            "RATE_LIMIT_STATUS",
+            "RATE_LIMIT_PRESENCE_SYNC",
+            "RATE_LIMIT_PINGS",
+            "RATE_LIMIT_RESUMES",
+            "RATE_LIMIT_TICKETS",
+            "RATE_LIMIT_CONVERSATIONS",
+        )
+    },
 }
 
 
@@ -158,4 +163,35 @@ async def test_a_flood_of_resumes_sends_at_most_the_budget_of_backlogs(app, peop
     # The socket still serves everything else.
     ack = await ws.request({"type": "message.send", "id": "m", "conversation_id": people["cid"], "body": "hi"})
     assert ack["type"] == "ack"
+    await ws.close()
+
+
+async def test_one_resume_frame_sends_at_most_its_total_and_truncates_the_rest(app, people):
+    from asgiref.sync import sync_to_async
+
+    alice, bob = people["alice"], people["bob"]
+
+    def three_full_conversations() -> list[str]:
+        convs = [people["conv"], *(ConversationFactory(owner=alice, members=[bob]) for _ in range(2))]
+        for conv in convs:
+            _fill(conv, 200, alice.pk)
+        return [str(c.id) for c in convs]
+
+    cids = await sync_to_async(three_full_conversations)()
+    ws = await open_ws(app.servers["a"].ws_url, bob)
+    await ws.send({"type": "resume", "id": "r", "cursors": {cid: 0 for cid in cids}})
+    delivered: dict[str, int] = dict.fromkeys(cids, 0)
+    truncated: dict[str, int] = {}
+    while True:
+        frame = await ws.recv(10)
+        if frame["type"] == "message.new":
+            delivered[frame["message"]["conversation_id"]] += 1
+        elif frame["type"] == "resume.truncated":
+            truncated[frame["conversation_id"]] = frame["next_seq"]
+        elif frame.get("id") == "r":
+            assert frame["type"] == "ack", frame
+            break
+    assert sum(delivered.values()) == RESUME_TOTAL
+    assert delivered == {cids[0]: 200, cids[1]: 100, cids[2]: 0}
+    assert truncated == {cids[1]: 101, cids[2]: 1}
     await ws.close()
