@@ -1,10 +1,10 @@
-"""Fuzzing the frame parser and handlers through a real connection to a real uvicorn process.
+"""Fuzzing the frame parser and handlers through real connections to real server processes.
 
 Each case sends one generated frame (a random or mutated JSON object, raw text, a deep nesting,
-a binary frame), then a ping. Whatever the frame, the server answers no 500, every error frame
-is the contract's envelope, a frame with a usable id gets its answer, and the socket is never
-left open and deaf: the ping gets its pong, or the socket was closed (1008 for abuse, 1009 for
-size), after which the next case reconnects.
+a binary frame) to an instance under uvicorn or daphne, then a ping. Whatever the frame, the
+server answers no 500, every error frame is the contract's envelope, a frame with a usable id
+gets its answer, and the socket is never left open and deaf: the ping gets its pong, or the
+socket was closed (1008 for abuse, 1009 for size), after which the next case reconnects.
 
 Bounded for CI: FUZZ_EXAMPLES cases (200 by default). FUZZ_SECONDS=600 runs batches of random
 cases until that many seconds have passed (the long run), then reports the count.
@@ -45,6 +45,7 @@ SERVER_ENV = {
         "RATE_LIMIT_RESUMES",
     )
 }
+SERVERS = {"uvicorn": "uvicorn", "daphne": "daphne"}
 FRAME_TYPES = ["message.send", "typing", "read", "status.set", "presence.sync", "ping", "resume"]
 DEAF_SECONDS = 5.0  # far beyond any answer's time on an idle machine
 CLOSES_ALLOWED = {1008, 1009}  # abuse (strikes), a frame over WS_MAX_FRAME_BYTES
@@ -188,8 +189,9 @@ class Fuzzer:
         assert expected is None or answered, f"no answer to id {expected!r} for {payload[:200]!r}"
 
 
-def test_random_and_mutated_frames_get_no_500_and_leave_no_deaf_socket(app, people):
-    server = app.servers["a"]
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+def test_random_and_mutated_frames_get_no_500_and_leave_no_deaf_socket(app, people, kind):
+    server = app.servers[kind]
     other = ConversationFactory(owner=people["carol"])  # alice is not a participant
     cids = [people["cid"], str(other.id)]
     fuzzer = Fuzzer(server.ws_url, people["alice"])
@@ -219,4 +221,4 @@ def test_random_and_mutated_frames_get_no_500_and_leave_no_deaf_socket(app, peop
         loop.close()
     failures = [line for line in server.logs().splitlines() if "frame handler failed" in line]
     assert not failures, failures[:3]
-    print(f"fuzz: {fuzzer.cases} cases, {fuzzer.closes} closes, {time.monotonic() - started:.0f} s, no 500")
+    print(f"fuzz ({kind}): {fuzzer.cases} cases, {fuzzer.closes} closes, {time.monotonic() - started:.0f} s, no 500")
