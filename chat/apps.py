@@ -6,4 +6,10 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from core.db import db_call
+        from realtime.router import router
+
+        from . import checks, selectors, streams
+
+        assert checks  # registers the system checks
+        router.set_stream_source(streams.fetch_messages, db_call(selectors.latest_seqs))

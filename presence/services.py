@@ -5,7 +5,7 @@ queues the new state for Firestore (the outbox) and, after commit, sends ``prese
 the user's own sockets see their real status; everyone sharing a conversation sees the public
 view (``invisible`` and offline users as ``offline``). The public event goes once to each of
 the user's conversation groups, not to each contact: a user in a 200-member conversation costs
-one publish, and each instance delivers it once per local socket (chat/fanout.py).
+one publish, and each instance delivers it once per local socket (realtime/router.py).
 """
 
 from __future__ import annotations
@@ -18,18 +18,17 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chat import events, ratelimit
+from chat.presenters import iso
 from chat.selectors import conversation_ids_of
 from core.errors import Invalid, NotFound
 from core.validation import check_text
+from realtime.protocol import CloseCode
+from realtime.registry import get_registry, user_connection_count_blocking
 
 from . import firestore
-from .models import StatusOutbox, UserStatus
-from .registry import get_registry, user_connection_count_blocking
+from .models import STATUS_TEXT_MAX_CHARS, StatusOutbox, UserStatus
 
 logger = logging.getLogger("presence")
-
-CLOSE_DISCONNECTED_BY_OPERATOR = 4000
-STATUS_TEXT_MAX = 200
 
 
 def presence_view(row: UserStatus, *, public: bool) -> dict[str, Any]:
@@ -40,7 +39,7 @@ def presence_view(row: UserStatus, *, public: bool) -> dict[str, Any]:
         "status": "offline" if hidden else row.status,
         "text": "" if hidden else row.text,
         "online": not hidden,
-        "last_seen": events.iso(row.last_seen),
+        "last_seen": iso(row.last_seen),
         "version": row.version,
     }
 
@@ -63,12 +62,12 @@ def _publish(row: UserStatus, conversation_ids: list[str] | None = None) -> None
     public = presence_view(row, public=True)
     if conversation_ids is None:
         conversation_ids = conversation_ids_of(user_id=row.user_id)
-    events.presence(
+    events.versioned(
         user_id=row.user_id,
         version=row.version,
         conversation_ids=conversation_ids,
         public={"type": "presence", **public},
-        private={"type": "presence", **presence_view(row, public=False)},
+        own={"type": "presence", **presence_view(row, public=False)},
     )
     if firestore.enabled():  # without Firestore there is nothing to queue (presence_resync fills it later)
         _queue_for_firestore(row, public)
@@ -92,8 +91,8 @@ def status_set(*, user_id: int, status: Any, text: Any = None) -> dict[str, Any]
     """Set the chosen status (online, away, busy, invisible) and optional text."""
     if status not in UserStatus.Status.values:
         raise Invalid.field("status", f"Must be one of {', '.join(UserStatus.Status.values)}.")
-    if text is not None and (not isinstance(text, str) or len(text) > STATUS_TEXT_MAX):
-        raise Invalid.field("text", f"Must be a string of at most {STATUS_TEXT_MAX} characters.")
+    if text is not None and (not isinstance(text, str) or len(text) > STATUS_TEXT_MAX_CHARS):
+        raise Invalid.field("text", f"Must be a string of at most {STATUS_TEXT_MAX_CHARS} characters.")
     if text is not None:
         check_text(text, "text")
     ratelimit.check("status", user_id=user_id)
@@ -135,7 +134,7 @@ def went_offline(*, user_id: int) -> None:
     _publish(row)
 
 
-def user_disconnect(*, user_id: object, code: int = CLOSE_DISCONNECTED_BY_OPERATOR) -> int:
+def user_disconnect(*, user_id: object, code: int = CloseCode.DISCONNECTED) -> int:
     """Close every socket of the user, on every instance. Returns how many were open."""
     from django.contrib.auth import get_user_model
 

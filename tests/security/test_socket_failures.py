@@ -17,7 +17,7 @@ from channels.testing import WebsocketCommunicator
 
 from chatproject.asgi import application
 from core import validation
-from presence.registry import get_registry
+from realtime.registry import get_registry
 from tests.chat.wsutil import token_for
 from tests.factories import UserFactory
 
@@ -76,19 +76,20 @@ async def test_a_write_the_server_cannot_make_closes_the_socket_and_leaves_the_r
 
 
 async def test_a_failing_handler_is_a_strike_and_its_traceback_is_logged_once(monkeypatch, settings, caplog):
-    from chat import consumers
+    from presence import consumers as presence_consumers
+    from realtime import consumer as realtime_consumer
 
     settings.RATE_LIMITS = {**settings.RATE_LIMITS, "presence_sync": (1000.0, 1000)}
 
     def broken(**kwargs):
         raise RuntimeError("snapshot failed")
 
-    monkeypatch.setattr(consumers.presence_selectors, "presence_snapshot", broken)
+    monkeypatch.setattr(presence_consumers.selectors, "presence_snapshot", broken)
     user = await database_sync_to_async(UserFactory)()
     ws = await connect(user)
-    caplog.set_level(logging.ERROR, logger="chat.ws")
+    caplog.set_level(logging.ERROR, logger="realtime.ws")
     errors, closed = 0, None
-    for i in range(consumers.ABUSE_MAX_STRIKES + 5):
+    for i in range(realtime_consumer.ABUSE_MAX_STRIKES + 5):
         await ws.send_to(text_data=json.dumps({"type": "presence.sync", "id": str(i)}))
     while closed is None:
         out = await ws.receive_output(5)
@@ -101,7 +102,7 @@ async def test_a_failing_handler_is_a_strike_and_its_traceback_is_logged_once(mo
             assert "snapshot failed" not in out["text"]
             errors += 1
     assert closed == 1008
-    assert errors == consumers.ABUSE_MAX_STRIKES
+    assert errors == realtime_consumer.ABUSE_MAX_STRIKES
     tracebacks = [r for r in caplog.records if r.getMessage() == "frame handler failed"]
     assert len(tracebacks) == 1
     await ws.disconnect()
