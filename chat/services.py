@@ -16,8 +16,9 @@ from django.utils import timezone
 
 from core import metrics, redis_client
 from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
+from core.validation import check_text
 
-from . import events
+from . import events, ratelimit
 from .models import CLIENT_MSG_ID_MAX_CHARS, TITLE_MAX_CHARS, Conversation, Message, Participant
 from .ratelimit import check_send_rate
 from .selectors import conversation_for, parse_conversation_id
@@ -60,6 +61,8 @@ def conversation_create(*, creator_id: int, title: str = "", participant_ids: An
     """Create a conversation; the creator is its owner and a participant."""
     if not isinstance(title, str) or len(title) > TITLE_MAX_CHARS:
         raise Invalid.field("title", f"Must be a string of at most {TITLE_MAX_CHARS} characters.")
+    check_text(title, "title")
+    ratelimit.check("conversation", user_id=creator_id)
     ids = [i for i in _user_ids(participant_ids, "participant_ids") if i != creator_id]
     conversation = Conversation.objects.create(title=title.strip(), owner_id=creator_id)
     Participant.objects.create(conversation=conversation, user_id=creator_id, role=Participant.Role.OWNER)
@@ -74,6 +77,7 @@ def conversation_create(*, creator_id: int, title: str = "", participant_ids: An
 def participant_add(*, actor_id: int, conversation_id: object, user_id: Any) -> tuple[Participant, bool]:
     """The owner adds a user; their live sockets start receiving at once (``conversation.joined``).
     Returns (participant, created); adding an existing participant changes nothing."""
+    ratelimit.check("conversation", user_id=actor_id)
     conversation = conversation_for(user_id=actor_id, conversation_id=conversation_id)
     if conversation.owner_id != actor_id:
         raise PermissionDenied("Only the owner adds participants.")
@@ -92,6 +96,7 @@ def participant_add(*, actor_id: int, conversation_id: object, user_id: Any) -> 
 def participant_remove(*, actor_id: int, conversation_id: object, user_id: Any) -> None:
     """The owner removes anyone; anyone may leave. When the owner leaves, the longest-standing
     remaining participant becomes the owner. The removed user's sockets stop receiving at once."""
+    ratelimit.check("conversation", user_id=actor_id)
     cid = parse_conversation_id(conversation_id)
     conversation = Conversation.objects.select_for_update().filter(pk=cid).first()
     if conversation is None:
@@ -126,7 +131,7 @@ def _validate_body(body: Any) -> str:
         raise Invalid.field("body", "Must not be blank.")
     if len(body) > settings.MESSAGE_MAX_CHARS:
         raise Invalid.field("body", f"At most {settings.MESSAGE_MAX_CHARS} characters.")
-    return body
+    return check_text(body, "body")
 
 
 def _validate_client_msg_id(value: Any) -> str | None:
@@ -134,7 +139,7 @@ def _validate_client_msg_id(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= CLIENT_MSG_ID_MAX_CHARS:
         raise Invalid.field("client_msg_id", f"Must be a string of 1 to {CLIENT_MSG_ID_MAX_CHARS} characters.")
-    return value
+    return check_text(value, "client_msg_id")
 
 
 def message_send(*, sender_id: int, conversation_id: object, body: Any, client_msg_id: Any = None) -> SendResult:
@@ -271,6 +276,7 @@ def read_mark(*, user_id: int, conversation_id: object, seq: Any) -> ReadResult:
     """Move the user's read marker forward; a lower seq than already read changes nothing."""
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise Invalid.field("seq", "Must be a non-negative whole number.")
+    ratelimit.check("read", user_id=user_id)
     conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
     if seq > conversation.last_seq:
         raise Invalid.field("seq", f"Past the last message (seq {conversation.last_seq}).")
@@ -286,11 +292,19 @@ def read_mark(*, user_id: int, conversation_id: object, seq: Any) -> ReadResult:
 
 def typing_set(*, user_id: int, conversation_id: object, state: Any) -> bool:
     """Broadcast a typing state to the other participants. Returns whether it was broadcast:
-    conversations over TYPING_MAX_PARTICIPANTS get none (it would be noise at that size)."""
+    conversations over TYPING_MAX_PARTICIPANTS get none (it would be noise at that size), and
+    a state that repeats the last one broadcast is dropped."""
     if state not in TYPING_STATES:
         raise Invalid.field("state", "Must be 'start' or 'stop'.")
+    ratelimit.check("typing", user_id=user_id)
     conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
     if Participant.objects.filter(conversation=conversation).count() > settings.TYPING_MAX_PARTICIPANTS:
+        return False
+    # A repeated "start" is dropped for half the expiry only: a user still typing is broadcast
+    # again before the receivers' indicator lapses (it expires TYPING_EXPIRY_SECONDS after the
+    # last broadcast start). A repeated "stop" is dropped until the expiry has passed.
+    lifetime = settings.TYPING_EXPIRY_SECONDS / 2 if state == "start" else settings.TYPING_EXPIRY_SECONDS
+    if not ratelimit.changed("typing", conversation.id, user_id, state=state, lifetime_seconds=lifetime):
         return False
     events.typing(conversation_id=conversation.id, user_id=user_id, state=state)
     return True
@@ -303,6 +317,7 @@ _local_tickets: dict[str, tuple[int, float]] = {}
 
 def ws_ticket_issue(*, user_id: int) -> str:
     """A single-use ticket for ``/ws/chat/?ticket=``, valid WS_TICKET_TTL_SECONDS."""
+    ratelimit.check("ticket", user_id=user_id)
     ticket = secrets.token_urlsafe(32)
     ttl = settings.WS_TICKET_TTL_SECONDS
     if redis_client.cluster_mode():

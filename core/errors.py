@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError as DbInterfaceError
 from django.db import OperationalError as DbOperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -183,6 +184,8 @@ def _render(exc: Exception, context: dict[str, Any]) -> Response:
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        exc = TooLarge("The request body is larger than the server accepts.")
     elif (fault := dependency_fault(exc)) is not None:
         # In cluster mode tickets and send buckets live in Redis, everything else in the
         # database; without them this instance cannot do the call. That is a 503 the client
@@ -259,6 +262,9 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request) and isinstance(exception, RequestDataTooBig):
+        # Raised outside a view (a middleware read the body): still the contract's 413.
+        return JsonResponse(TooLarge("The request body is larger than the server accepts.").as_dict(), status=413)
     if _is_api(request):
         return error_response(ApplicationError())
     from django.views.defaults import bad_request

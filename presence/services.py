@@ -16,10 +16,11 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chat import events
+from chat import events, ratelimit
 from chat.presenters import iso
 from chat.selectors import conversation_ids_of
 from core.errors import Invalid, NotFound
+from core.validation import check_text
 from realtime.protocol import CloseCode
 from realtime.registry import user_connection_count_blocking
 
@@ -91,6 +92,9 @@ def status_set(*, user_id: int, status: Any, text: Any = None) -> dict[str, Any]
         raise Invalid.field("status", f"Must be one of {', '.join(UserStatus.Status.values)}.")
     if text is not None and (not isinstance(text, str) or len(text) > STATUS_TEXT_MAX_CHARS):
         raise Invalid.field("text", f"Must be a string of at most {STATUS_TEXT_MAX_CHARS} characters.")
+    if text is not None:
+        check_text(text, "text")
+    ratelimit.check("status", user_id=user_id)
     row = _row_for_update(user_id)
     new_text = row.text if text is None else text.strip()
     if (row.status, row.text) != (status, new_text):

@@ -247,6 +247,26 @@ WS_SEND_QUEUE_FRAMES = env_int("WS_SEND_QUEUE_FRAMES", 1000, minimum=10)
 MESSAGE_MAX_CHARS = env_int("MESSAGE_MAX_CHARS", 4000, minimum=1)
 RATE_LIMIT_MESSAGES = env_str("RATE_LIMIT_MESSAGES", "10/s burst 30")
 RATE_LIMIT_PER_SECOND, RATE_LIMIT_BURST = parse_rate("RATE_LIMIT_MESSAGES", RATE_LIMIT_MESSAGES)
+# A cluster-wide budget per user for every other write and frame type (chat/ratelimit.py);
+# HTTP and the socket share the budget of one action. Sustained refusals close a socket (1008).
+RATE_LIMIT_TYPING = env_str("RATE_LIMIT_TYPING", "2/s burst 10")
+RATE_LIMIT_READS = env_str("RATE_LIMIT_READS", "5/s burst 20")
+RATE_LIMIT_STATUS = env_str("RATE_LIMIT_STATUS", "1/s burst 5")
+RATE_LIMIT_PRESENCE_SYNC = env_str("RATE_LIMIT_PRESENCE_SYNC", "1/s burst 5")
+RATE_LIMIT_PINGS = env_str("RATE_LIMIT_PINGS", "2/s burst 10")
+RATE_LIMIT_RESUMES = env_str("RATE_LIMIT_RESUMES", "1/s burst 5")
+RATE_LIMIT_TICKETS = env_str("RATE_LIMIT_TICKETS", "1/s burst 10")
+RATE_LIMIT_CONVERSATIONS = env_str("RATE_LIMIT_CONVERSATIONS", "1/s burst 10")
+RATE_LIMITS = {
+    "typing": parse_rate("RATE_LIMIT_TYPING", RATE_LIMIT_TYPING),
+    "read": parse_rate("RATE_LIMIT_READS", RATE_LIMIT_READS),
+    "status": parse_rate("RATE_LIMIT_STATUS", RATE_LIMIT_STATUS),
+    "presence_sync": parse_rate("RATE_LIMIT_PRESENCE_SYNC", RATE_LIMIT_PRESENCE_SYNC),
+    "ping": parse_rate("RATE_LIMIT_PINGS", RATE_LIMIT_PINGS),
+    "resume": parse_rate("RATE_LIMIT_RESUMES", RATE_LIMIT_RESUMES),
+    "ticket": parse_rate("RATE_LIMIT_TICKETS", RATE_LIMIT_TICKETS),
+    "conversation": parse_rate("RATE_LIMIT_CONVERSATIONS", RATE_LIMIT_CONVERSATIONS),
+}
 TYPING_MAX_PARTICIPANTS = env_int("TYPING_MAX_PARTICIPANTS", 100, minimum=0)
 TYPING_EXPIRY_SECONDS = 10
 WS_TICKET_TTL_SECONDS = 60
@@ -260,6 +280,8 @@ DRAIN_NOTICE_SECONDS = env_float("DRAIN_NOTICE_SECONDS", 1.0)
 if DRAIN_NOTICE_SECONDS > 5:
     raise ConfigError("DRAIN_NOTICE_SECONDS", "at most 5 (an instance exits within 10 s of SIGTERM)")
 WS_RECONNECT_WINDOW_MS = env_int("WS_RECONNECT_WINDOW_MS", 10000, minimum=0)
+# Messages one resume frame may send in all; past it, resume.truncated (the client pages).
+RESUME_MAX_TOTAL_MESSAGES = env_int("RESUME_MAX_TOTAL_MESSAGES", 10000, minimum=1)
 
 # --- Firestore ------------------------------------------------------------------------------
 
@@ -292,7 +314,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.validation.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "core.errors.exception_handler",
