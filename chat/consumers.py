@@ -35,6 +35,7 @@ from presence.registry import Connection, get_registry
 from . import selectors, services
 from .events import iso, message_dict
 from .fanout import CLOSE_FANOUT_LOST, CLOSE_SHUTDOWN, encode, hub
+from .revocation import Credential, credential_for
 
 logger = logging.getLogger("chat.ws")
 
@@ -69,6 +70,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     writer: asyncio.Task[None] | None = None
     drain_waiter: asyncio.Future[None] | None = None
     strikes: deque[float] | None = None
+    credential: Credential | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Channels' consumer loop without its per-consumer and per-frame extras: no channel of
@@ -114,6 +116,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.user_id = int(user.pk)
         self.username = user.get_username()
+        self.credential = credential_for(self.scope, user)  # re-checked by chat/revocation.py
         user_id_var.set(self.user_id)
         if hub.shutting_down:
             await self._refuse(CLOSE_SHUTDOWN)

@@ -38,6 +38,7 @@ from core.db import db_call
 from core.db import drain as db_drain
 from presence import firestore
 
+from . import revocation
 from .events import conversation_group, user_group
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ class Hub:
                     ("registry-heartbeat", self._heartbeat_loop()),
                     ("presence-offline", self._presence_loop()),
                     ("firestore-sync", firestore.run_sync_loop()),
+                    ("credential-check", revocation.run_credential_check_loop(self)),
                 ]
             ]
             self._install_sigterm()

@@ -20,7 +20,7 @@ from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
 from . import events
 from .models import Conversation, Message, Participant
 from .ratelimit import check_send_rate
-from .selectors import conversation_for, parse_conversation_id
+from .selectors import active_participant, conversation_for, parse_conversation_id, raise_not_participant
 
 User = get_user_model()
 
@@ -175,18 +175,20 @@ def _original(cid: uuid.UUID, sender_id: int, client_msg_id: str) -> Message | N
 def _check_participant(cid: uuid.UUID, user_id: int) -> None:
     if not Conversation.objects.filter(pk=cid).exists():
         raise NotFound("No such conversation.")
-    if not Participant.objects.filter(conversation_id=cid, user_id=user_id).exists():
-        raise NotParticipant()
+    if not active_participant(conversation_id=cid, user_id=user_id):
+        raise_not_participant(user_id=user_id)
 
 
 def _send_sql() -> str:
     # Only table names from the models' own metadata are formatted in; values are parameters.
-    conv, part, msg = Conversation._meta, Participant._meta, Message._meta
+    conv, part, msg, user = Conversation._meta, Participant._meta, Message._meta, User._meta
     return f"""
 WITH c AS (
     UPDATE {conv.db_table} SET last_seq = last_seq + 1, last_message_at = %(now)s
     WHERE id = %(cid)s AND EXISTS (
         SELECT 1 FROM {part.db_table} WHERE conversation_id = %(cid)s AND user_id = %(sender)s
+    ) AND EXISTS (
+        SELECT 1 FROM {user.db_table} WHERE {user.pk.column} = %(sender)s AND {user.get_field("is_active").column}
     )
     RETURNING last_seq
 )
@@ -244,8 +246,8 @@ def _send_locked(cid: uuid.UUID, sender_id: int, body: str, client_msg_id: str |
     conversation = Conversation.objects.select_for_update().only("id", "last_seq").filter(pk=cid).first()
     if conversation is None:
         raise NotFound("No such conversation.")
-    if not Participant.objects.filter(conversation_id=cid, user_id=sender_id).exists():
-        raise NotParticipant()
+    if not active_participant(conversation_id=cid, user_id=sender_id):
+        raise_not_participant(user_id=sender_id)
     if client_msg_id is not None:
         original = _original(cid, sender_id, client_msg_id)
         if original is not None:

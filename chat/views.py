@@ -8,7 +8,6 @@ from django.conf import settings
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.authtoken.models import Token
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,6 +16,7 @@ from rest_framework.views import APIView
 from core.errors import Invalid
 
 from . import selectors, services
+from .authentication import token_for_login
 from .events import conversation_dict, iso, message_dict
 from .serializers import (
     ConversationIn,
@@ -58,13 +58,14 @@ class TokenLoginView(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(request=LoginIn, responses={200: TokenOut}, summary="Exchange credentials for a token")
+    # Throttled per account and per address in the authentication backend (429 rate_limited).
     def post(self, request: Request) -> Response:
         data = parse(LoginIn, request.data)
         user = authenticate(request._request, username=data["username"], password=data["password"])
         if user is None or not user.is_active:
             message = "Unable to log in with the provided credentials."
             raise Invalid(message, errors={"non_field_errors": [message]})
-        token, _ = Token.objects.get_or_create(user=user)
+        token = token_for_login(user=user)
         return Response({"token": token.key, "user": user_dict(user)})
 
 
