@@ -25,6 +25,11 @@ def note_password_change(sender: Any, instance: Any, update_fields: Any = None, 
     """pre_save: remember whether this save changes the stored password."""
     if instance.pk is None or (update_fields is not None and "password" not in update_fields):
         return
+    if update_fields is not None and set(update_fields) == {"password"} and getattr(instance, "_password", 0) is None:
+        # check_password()'s hash upgrade (new iterations, same password): Django does not
+        # count it as a password change either. Sockets follow the session hash and are
+        # re-checked by chat/revocation.py; tokens stay.
+        return
     old = sender._default_manager.filter(pk=instance.pk).values_list("password", flat=True).first()
     if old is not None and old != instance.password:
         instance._chat_password_changed = True
