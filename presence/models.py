@@ -25,6 +25,13 @@ class UserStatus(models.Model):
 
     class Meta:
         verbose_name_plural = "user statuses"
+        # The operator permissions (presence/roles.py groups them into roles). Registry data
+        # is not a model, so they hang on this one; "manage statuses" is change_userstatus.
+        permissions = [
+            ("view_connections", "Can view live connections"),
+            ("view_instances", "Can view chat instances"),
+            ("disconnect_user", "Can disconnect a user's sockets"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.status} ({'online' if self.online else 'offline'})"

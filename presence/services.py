@@ -131,9 +131,16 @@ def went_offline(*, user_id: int) -> None:
     _publish(row)
 
 
-def user_disconnect(*, user_id: object, code: int = CLOSE_DISCONNECTED_BY_OPERATOR) -> int:
-    """Close every socket of the user, on every instance. Returns how many were open."""
+def user_disconnect(*, user_id: object, code: int = CLOSE_DISCONNECTED_BY_OPERATOR, actor: Any = None) -> int:
+    """Close every socket of the user, on every instance. Returns how many were open. An
+    ``actor`` (the operator asking) must hold presence.disconnect_user; without one the
+    caller is the system itself (a management command run with shell access)."""
     from django.contrib.auth import get_user_model
+
+    from .roles import DISCONNECT_USER, require
+
+    if actor is not None:
+        require(actor, DISCONNECT_USER)
 
     try:
         uid = int(str(user_id))

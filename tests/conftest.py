@@ -75,7 +75,18 @@ def other_user(db):
 
 @pytest.fixture
 def staff_user(db):
-    return UserFactory(is_staff=True)
+    """Staff in the "operator" role (presence/roles.py): every operator permission."""
+    return operator(UserFactory(is_staff=True))
+
+
+def operator(user, role: str = "operator"):
+    from django.contrib.auth.models import Group
+
+    from presence.roles import ensure_roles
+
+    ensure_roles()  # a transactional test's flush empties the groups the migration made
+    user.groups.add(Group.objects.get(name=role))
+    return user
 
 
 def client_for(user) -> APIClient:
