@@ -187,12 +187,18 @@ def disconnect_user(*, user_id: int, code: int) -> None:
 
 
 def presence(
-    *, user_id: int, version: int, conversation_ids: list[str], public: dict[str, Any], private: dict[str, Any]
+    *,
+    user_id: int,
+    version: int,
+    conversation_ids: list[str],
+    public: dict[str, Any] | None,
+    private: dict[str, Any],
 ) -> None:
     """The public view to everyone sharing a conversation with the user, the private one to the
     user's own sockets, in one event published to each of the user's conversation groups and
     to the user's group (for a user without conversations). An instance that gets it through
-    several of them delivers it once: the hub keeps the last version it delivered per user."""
+    several of them delivers it once: the hub keeps the last version it delivered per user.
+    ``public`` is None (and ``conversation_ids`` empty) when others have nothing to learn."""
     message = {
         "type": "fanout",
         "frame": public,

@@ -76,6 +76,7 @@ def contact_ids(*, user_id: int) -> list[int]:
     return list(
         Participant.objects.filter(conversation_id__in=mine)
         .exclude(user_id=user_id)
+        .order_by()  # the model's default ordering would defeat distinct()
         .values_list("user_id", flat=True)
         .distinct()
     )

@@ -21,6 +21,10 @@ class UserStatus(models.Model):
     version = models.PositiveBigIntegerField(default=0)
     online = models.BooleanField(default=False)
     last_seen = models.DateTimeField(null=True, blank=True)
+    # What others see has its own version and last_seen, which move only when the public view
+    # moves: an invisible user's connects, disconnects and text changes reveal nothing.
+    public_version = models.PositiveBigIntegerField(default=0)
+    public_last_seen = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
