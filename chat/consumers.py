@@ -32,7 +32,7 @@ from presence import selectors as presence_selectors
 from presence import services as presence_services
 from presence.registry import Connection, get_registry
 
-from . import selectors, services
+from . import selectors, services, socket_cap
 from .events import iso, message_dict
 from .fanout import CLOSE_FANOUT_LOST, CLOSE_SHUTDOWN, encode, hub
 from .revocation import Credential, credential_for
@@ -124,6 +124,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not hub.healthy:
             await self._refuse(CLOSE_FANOUT_LOST)
             return
+        if await socket_cap.over_cap(self.user_id):
+            await self._refuse(socket_cap.CLOSE_TOO_MANY_SOCKETS)
+            return
 
         await self.accept()
         try:
@@ -183,7 +186,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _refuse(self, code: int) -> None:
         await self.accept()
         await self.close(code=code)
-        metrics.DISCONNECTS.labels(code=str(code)).inc()
+        metrics.DISCONNECTS.labels(code=metrics.close_code_label(code)).inc()
         logger.info("refused", extra={"close_code": code})
 
     def _registry_entry(self) -> Connection:
@@ -216,7 +219,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             except Exception as exc:
                 logger.warning("registry removal failed", extra={"error": exc.__class__.__name__})
             close_code = self.closing or code
-            metrics.DISCONNECTS.labels(code=str(close_code)).inc()
+            metrics.DISCONNECTS.labels(code=metrics.close_code_label(close_code)).inc()
             duration = round(time.monotonic() - self.connected_at, 3)
             logger.info("disconnected", extra={"close_code": close_code, "duration_s": duration})
         await super().websocket_disconnect(message)

@@ -21,6 +21,7 @@ from .events import conversation_dict, iso, message_dict
 from .serializers import (
     ConversationIn,
     ConversationOut,
+    ConversationPageOut,
     LoginIn,
     MessageIn,
     MessageOut,
@@ -32,6 +33,7 @@ from .serializers import (
     TicketOut,
     TokenOut,
     TypingIn,
+    TypingOut,
     UserOut,
 )
 
@@ -85,7 +87,12 @@ class MeView(APIView):
 
 
 class ConversationListView(APIView):
-    @extend_schema(responses={200: ConversationOut(many=True)}, summary="The caller's conversations, paginated")
+    @extend_schema(
+        parameters=[OpenApiParameter("page", int, description="Page number, from 1")],
+        responses={200: ConversationPageOut},
+        operation_id="conversations_list",
+        summary="The caller's conversations, paginated",
+    )
     def get(self, request: Request) -> Response:
         from rest_framework.pagination import PageNumberPagination
 
@@ -110,7 +117,11 @@ class ConversationDetailView(APIView):
 
 
 class ParticipantListView(APIView):
-    @extend_schema(request=ParticipantIn, responses={201: ConversationOut}, summary="Add a participant (owner)")
+    @extend_schema(
+        request=ParticipantIn,
+        responses={201: ConversationOut, 200: ConversationOut},
+        summary="Add a participant (owner); 200 when already one",
+    )
     def post(self, request: Request, conversation_id: str) -> Response:
         data = parse(ParticipantIn, request.data)
         _, created = services.participant_add(
@@ -184,7 +195,7 @@ class ReadView(APIView):
 
 
 class TypingView(APIView):
-    @extend_schema(request=TypingIn, responses={202: None}, summary="Typing start or stop")
+    @extend_schema(request=TypingIn, responses={202: TypingOut}, summary="Typing start or stop")
     def post(self, request: Request, conversation_id: str) -> Response:
         data = parse(TypingIn, request.data)
         broadcast = services.typing_set(user_id=uid(request), conversation_id=conversation_id, state=data["state"])

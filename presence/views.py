@@ -12,7 +12,15 @@ from rest_framework.views import APIView
 from chat.views import parse, uid
 
 from . import roles, selectors, services
-from .serializers import PresenceOut, StatusIn
+from .serializers import (
+    ClusterConnectionsOut,
+    ConnectionListOut,
+    DisconnectOut,
+    InstanceOut,
+    PresenceListOut,
+    PresenceOut,
+    StatusIn,
+)
 
 
 def requires(permission: str) -> type[BasePermission]:
@@ -28,7 +36,7 @@ def requires(permission: str) -> type[BasePermission]:
 
 
 class MyConnectionsView(APIView):
-    @extend_schema(summary="The caller's live connections on every instance")
+    @extend_schema(responses={200: ConnectionListOut}, summary="The caller's live connections on every instance")
     def get(self, request: Request) -> Response:
         return Response({"results": selectors.user_connections(user_id=uid(request))})
 
@@ -36,7 +44,10 @@ class MyConnectionsView(APIView):
 class AdminConnectionsView(APIView):
     permission_classes = [requires(roles.VIEW_CONNECTIONS)]
 
-    @extend_schema(summary="Every live connection in the cluster (presence.view_connections)")
+    @extend_schema(
+        responses={200: ClusterConnectionsOut},
+        summary="Every live connection in the cluster (presence.view_connections)",
+    )
     def get(self, request: Request) -> Response:
         return Response(selectors.cluster_connections())
 
@@ -44,7 +55,10 @@ class AdminConnectionsView(APIView):
 class AdminInstancesView(APIView):
     permission_classes = [requires(roles.VIEW_INSTANCES)]
 
-    @extend_schema(summary="Instances with heartbeat and connection count (presence.view_instances)")
+    @extend_schema(
+        responses={200: InstanceOut(many=True)},
+        summary="Instances with heartbeat and connection count (presence.view_instances)",
+    )
     def get(self, request: Request) -> Response:
         return Response(selectors.instances())
 
@@ -52,14 +66,18 @@ class AdminInstancesView(APIView):
 class AdminDisconnectUserView(APIView):
     permission_classes = [requires(roles.DISCONNECT_USER)]
 
-    @extend_schema(request=None, summary="Close a user's sockets everywhere with 4000 (presence.disconnect_user)")
+    @extend_schema(
+        request=None,
+        responses={202: DisconnectOut},
+        summary="Close a user's sockets everywhere with 4000 (presence.disconnect_user)",
+    )
     def post(self, request: Request, user_id: str) -> Response:
         closed = services.user_disconnect(user_id=user_id, actor=request.user)
         return Response({"closed": closed}, status=status.HTTP_202_ACCEPTED)
 
 
 class PresenceListView(APIView):
-    @extend_schema(responses={200: PresenceOut(many=True)}, summary="Presence of everyone sharing a conversation")
+    @extend_schema(responses={200: PresenceListOut}, summary="Presence of everyone sharing a conversation")
     def get(self, request: Request) -> Response:
         return Response({"results": selectors.presence_snapshot(user_id=uid(request))})
 

@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files, not a CDN
     "chat",
     "presence",
     "health",
@@ -237,7 +238,7 @@ TOKEN_TTL_SECONDS = env_int("TOKEN_TTL_SECONDS", 30 * 24 * 3600, minimum=0)
 # password changed, token deleted or expired, even by a bulk update that fires no signal).
 CREDENTIAL_CHECK_SECONDS = env_float("CREDENTIAL_CHECK_SECONDS", 1.0, minimum=0.1)
 # Who may put whom into a conversation: "open" (any active user) or "contacts" (only users
-# who already share a conversation with the actor; staff may add anyone).
+# who already share a conversation with the actor).
 CONVERSATION_ADD_POLICY = env_str("CONVERSATION_ADD_POLICY", "open").lower()
 if CONVERSATION_ADD_POLICY not in {"open", "contacts"}:
     raise ConfigError("CONVERSATION_ADD_POLICY", f"expected open or contacts, got {CONVERSATION_ADD_POLICY!r}")
@@ -275,6 +276,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "HTTP API of the chat backend. Every WebSocket action has an endpoint here.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "core.openapi.add_error_responses"],
 }
 
 # --- I18N, static ---------------------------------------------------------------------------
