@@ -12,7 +12,7 @@ from django.test import TransactionTestCase
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from chat import ratelimit, services
+from chat import login_throttle, ratelimit, services
 from core import redis_client
 from presence import registry
 from tests.factories import ConversationFactory, UserFactory
@@ -48,6 +48,7 @@ def _fresh_state() -> Any:
     redis_client.get_sync().flushall()
     redis_client.reset_clients()
     ratelimit.reset_local()
+    login_throttle.reset_local()
     services._local_tickets.clear()
     registry.reset_registry()
     yield
