@@ -24,7 +24,9 @@ _SECRET_SCHEME = re.compile(r"(\b(?:Token|Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,
 # At DEBUG the WebSocket libraries log the handshake's headers ("< cookie: sessionid=…") and
 # every frame ("< TEXT '{…}' [54 bytes]"): headers that carry credentials lose their value,
 # frames their payload (message bodies are user data), keeping direction, kind and size.
-_SECRET_HEADER = re.compile(r"(?im)^([<>]?\s*(?:cookie|set-cookie|authorization|proxy-authorization):\s*).*$")
+_SECRET_HEADER = re.compile(
+    r"(?im)^([<>]?\s*(?:(?:set-)?cookie:|(?:proxy-)?authorization:(?:\s*[A-Za-z]+(?=\s))?)\s*).*$"
+)
 _FRAME = re.compile(r"(?m)^([<>] (?:TEXT|BINARY|CONT)\b)(.*?)(\s*\[\d+ bytes?\])?$")
 
 
