@@ -1,29 +1,30 @@
-"""Every event leaves from here, after the transaction that caused it commits.
+"""Every event of chat leaves from here, after the transaction that caused it commits.
 
-An event travels through the channel layer to a group (``c.<conversation>`` or ``u.<user>``).
-Each instance holds one channel in the groups its local sockets need and fans the frame out to
-them (chat/fanout.py), so a frame is encoded once per instance, not once per receiver.
+An event is a typed envelope (realtime.protocol) published on the bus to the group of its
+audience: a conversation (``c.<id>``) or a user (``u.<id>``). Each instance holds one channel in
+the groups its local sockets need and its router fans the frame out to them, so a frame is
+encoded once per instance, not once per receiver. ``control`` changes routing on the instances:
+``join``/``leave`` a conversation for a user's sockets, ``disconnect`` them.
 
-Layer message shape::
-
-    {"type": "fanout", "frame": {...client frame...} | None,
-     "exclude_user": int | None, "only_user": int | None, "control": {...} | None}
-
-``control`` changes local routing: ``join``/``leave`` a conversation for a user's sockets,
-``disconnect`` a user's sockets.
+Each event type has a schema (chat/schemas.py) and a test that the frames built here match it
+(tests/chat/test_events.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 
+from core import metrics
 from core.db import defer_to_loop
+from realtime.bus import bus
+from realtime.protocol import Audience, Control, Envelope, conversation_group, envelope, group_of, user_group
+
+from . import presenters
 
 if TYPE_CHECKING:
     from .models import Conversation, Message
@@ -31,179 +32,118 @@ if TYPE_CHECKING:
 logger = logging.getLogger("chat.events")
 
 
-def conversation_group(conversation_id: object) -> str:
-    return f"c.{conversation_id}"
-
-
-def user_group(user_id: object) -> str:
-    return f"u.{user_id}"
-
-
-def iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
-def message_dict(message: Message) -> dict[str, Any]:
-    return {
-        "id": str(message.id),
-        "conversation_id": str(message.conversation_id),
-        "seq": message.seq,
-        "sender_id": message.sender_id,
-        "body": message.body,
-        "client_msg_id": message.client_msg_id,
-        "created_at": iso(message.created_at),
-    }
-
-
-def conversation_dict(conversation: Conversation) -> dict[str, Any]:
-    participants = [
-        {
-            "user_id": p.user_id,
-            "username": p.user.username,
-            "role": p.role,
-            "joined_at": iso(p.joined_at),
-        }
-        for p in conversation.participants.all()
-    ]
-    return {
-        "id": str(conversation.id),
-        "title": conversation.title,
-        "owner_id": conversation.owner_id,
-        "created_at": iso(conversation.created_at),
-        "last_seq": conversation.last_seq,
-        "last_message_at": iso(conversation.last_message_at),
-        "participants": participants,
-    }
-
-
-PUBLISH_TIMEOUT_SECONDS = 3.0
-
-
-async def _send_all(layer: Any, groups: list[str], message: dict[str, Any]) -> None:
-    # Bounded: a hung Redis must not hang the request or the socket that caused the event.
-    async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
-        for group in groups:
-            await layer.group_send(group, {**message, "group": group})
-
-
-def publish(groups: list[str], message: dict[str, Any]) -> None:
+def publish(groups: list[str], message: Envelope | dict[str, Any]) -> None:
     """Send now, to every group in one hop to the event loop. A failure is logged, never
     raised: the cause is already committed, and a receiver that misses it catches up by
     ``resume`` (its socket is closed by the watchdog when this instance's fan-out path is
-    broken) or by the hub's catch-up from the database."""
-    layer = get_channel_layer()
-    if layer is None or not groups:
+    broken) or by the router's catch-up from the database."""
+    if not groups:
         return
+    payload = dict(message)
     # Inside a db_call (a consumer's service call): publish on the event loop as soon as the
     # call returns, before the ack, without blocking this worker thread on a hop to the loop.
-    if defer_to_loop(lambda: _publish_on_loop(layer, groups, message)):
+    if defer_to_loop(lambda: _publish_on_loop(groups, payload)):
         return
     try:
-        async_to_sync(_send_all)(layer, groups, message)
+        async_to_sync(bus.publish)(groups, payload)
     except Exception as exc:
         _publish_failed(groups, exc)
 
 
-async def _publish_on_loop(layer: Any, groups: list[str], message: dict[str, Any]) -> None:
+async def _publish_on_loop(groups: list[str], message: dict[str, Any]) -> None:
     try:
-        await _send_all(layer, groups, message)
+        await bus.publish(groups, message)
     except Exception as exc:
         _publish_failed(groups, exc)
 
 
 def _publish_failed(groups: list[str], exc: Exception) -> None:
-    from core import metrics
-
     metrics.LAYER_ERRORS.labels(op="group_send").inc()
     logger.warning("event publish failed", extra={"groups": len(groups), "error": exc.__class__.__name__})
 
 
-def send_event_on_commit(
-    groups: str | list[str],
-    frame: dict[str, Any] | None,
-    *,
-    exclude_user: int | None = None,
-    only_user: int | None = None,
-    control: dict[str, Any] | None = None,
-) -> None:
-    targets = [groups] if isinstance(groups, str) else list(groups)
-    message = {
-        "type": "fanout",
-        "frame": frame,
-        "exclude_user": exclude_user,
-        "only_user": only_user,
-        "control": control,
-    }
-    transaction.on_commit(lambda: publish(targets, message))
+def send_on_commit(env: Envelope, *, groups: list[str] | None = None) -> None:
+    targets = groups if groups is not None else [group_of(env["audience"])]
+    transaction.on_commit(lambda: publish(targets, env))
 
 
-# --- One function per event type (schemas are tested in tests/chat/test_events.py) ----------
+def _conversation(conversation_id: object, **filters: int) -> Audience:
+    audience: Audience = {"kind": "conversation", "id": str(conversation_id)}
+    if "exclude_user" in filters:
+        audience["exclude_user"] = filters["exclude_user"]
+    if "only_user" in filters:
+        audience["only_user"] = filters["only_user"]
+    return audience
+
+
+def _user(user_id: int) -> Audience:
+    return {"kind": "user", "id": user_id}
+
+
+# --- One function per event type ----------------------------------------------------------------
 
 
 def message_new(message: Message) -> None:
-    send_event_on_commit(
-        conversation_group(message.conversation_id), {"type": "message.new", "message": message_dict(message)}
-    )
+    frame = {"type": "message.new", "message": presenters.message(message)}
+    send_on_commit(envelope(_conversation(message.conversation_id), frame, seq=message.seq))
 
 
 def typing(*, conversation_id: object, user_id: int, state: str) -> None:
     frame = {"type": "typing", "conversation_id": str(conversation_id), "user_id": user_id, "state": state}
-    send_event_on_commit(conversation_group(conversation_id), frame, exclude_user=user_id)
+    # A start ends by itself: every instance delivers a stop after the expiry unless a newer
+    # state of the same user in the same conversation came first.
+    expires = {
+        "key": f"typing:{conversation_id}:{user_id}",
+        "after": settings.TYPING_EXPIRY_SECONDS if state == "start" else None,
+        "frame": {**frame, "state": "stop"},
+    }
+    send_on_commit(envelope(_conversation(conversation_id, exclude_user=user_id), frame, expires=expires))
 
 
 def read(*, conversation_id: object, user_id: int, seq: int, read_at: Any) -> None:
     frame = {
         "type": "read",
-        "conversation_id": str(conversation_id),
-        "user_id": user_id,
-        "seq": seq,
-        "read_at": iso(read_at),
+        **presenters.read_receipt(conversation_id=conversation_id, user_id=user_id, seq=seq, read_at=read_at),
     }
-    send_event_on_commit(conversation_group(conversation_id), frame)
+    send_on_commit(envelope(_conversation(conversation_id), frame))
 
 
 def conversation_joined(*, conversation: Conversation, user_id: int) -> None:
-    frame = {"type": "conversation.joined", "conversation": conversation_dict(conversation)}
-    control = {
+    frame = {"type": "conversation.joined", "conversation": presenters.conversation(conversation)}
+    control: Control = {
         "op": "join",
         "conversation_id": str(conversation.id),
         "user_id": user_id,
         "last_seq": conversation.last_seq,
     }
-    send_event_on_commit(user_group(user_id), frame, control=control)
+    send_on_commit(envelope(_user(user_id), frame, control=control))
 
 
 def conversation_left(*, conversation_id: object, user_id: int) -> None:
     # Sent on the conversation's group: every instance holding the user's sockets is subscribed
     # to it, and it stays ordered with the conversation's other events from the same sender.
     frame = {"type": "conversation.left", "conversation_id": str(conversation_id)}
-    control = {"op": "leave", "conversation_id": str(conversation_id), "user_id": user_id}
-    send_event_on_commit(conversation_group(conversation_id), frame, only_user=user_id, control=control)
-    send_event_on_commit(user_group(user_id), None, control=control)
+    control: Control = {"op": "leave", "conversation_id": str(conversation_id), "user_id": user_id}
+    send_on_commit(envelope(_conversation(conversation_id, only_user=user_id), frame, control=control))
+    send_on_commit(envelope(_user(user_id), None, control=control))
 
 
 def disconnect_user(*, user_id: int, code: int) -> None:
-    send_event_on_commit(user_group(user_id), None, control={"op": "disconnect", "user_id": user_id, "code": code})
+    """Close every socket of the user, on every instance, with ``code``."""
+    control: Control = {"op": "disconnect", "user_id": user_id, "code": code}
+    send_on_commit(envelope(_user(user_id), None, control=control))
 
 
-def presence(
-    *,
-    user_id: int,
-    version: int,
-    conversation_ids: list[str],
-    public: dict[str, Any] | None,
-    private: dict[str, Any],
+def versioned(
+    *, user_id: int, version: int, conversation_ids: list[str], public: dict[str, Any] | None, own: dict[str, Any]
 ) -> None:
-    """The public view to everyone sharing a conversation with the user, the private one to the
-    user's own sockets, in one event published to each of the user's conversation groups and
-    to the user's group (for a user without conversations). An instance that gets it through
-    several of them delivers it once: the hub keeps the last version it delivered per user.
-    ``public`` is None (and ``conversation_ids`` empty) when others have nothing to learn."""
-    message = {
-        "type": "fanout",
-        "frame": public,
-        "private": private,
-        "presence": {"user_id": user_id, "version": version, "conversation_ids": conversation_ids},
-    }
+    """A fact about a user (its presence): ``public`` to everyone sharing a conversation with the
+    user, ``own`` to the user's own sockets, in one envelope published to each of the user's
+    conversation groups and to the user's group (for a user without conversations). An
+    instance that gets it through several of them delivers it once (the router keeps the last
+    version it delivered per user). ``public`` is None (and ``conversation_ids`` empty) when
+    others have nothing to learn."""
+    info = {"user_id": user_id, "version": version, "conversation_ids": conversation_ids, "own_frame": own}
+    env = envelope(_user(user_id), public, versioned=info)
     groups = [conversation_group(cid) for cid in conversation_ids] + [user_group(user_id)]
-    transaction.on_commit(lambda: publish(groups, message))
+    send_on_commit(env, groups=groups)

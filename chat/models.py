@@ -8,10 +8,14 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+# Limits of the fields, used alike by the services, the serializers and the schemas.
+TITLE_MAX_CHARS = 200
+CLIENT_MSG_ID_MAX_CHARS = 64
+
 
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    title = models.CharField(max_length=200, blank=True, default="")
+    title = models.CharField(max_length=TITLE_MAX_CHARS, blank=True, default="")
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_conversations"
     )
@@ -56,7 +60,7 @@ class Message(models.Model):
     sender = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     body = models.TextField()
     # NULL, not "", when absent: the unique constraint below applies only to given ids.
-    client_msg_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
+    client_msg_id = models.CharField(max_length=CLIENT_MSG_ID_MAX_CHARS, null=True, blank=True)  # noqa: DJ001
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -20,21 +20,21 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils.crypto import salted_hmac
 
 from core.db import db_call
-
-if TYPE_CHECKING:
-    from .fanout import Hub
+from realtime.protocol import CloseCode
+from realtime.router import router
+from realtime.session import Session
 
 logger = logging.getLogger("chat.revocation")
 
-CLOSE_NOT_AUTHENTICATED = 4401
-CLOSE_DEACTIVATED = 4403
+CLOSE_NOT_AUTHENTICATED = int(CloseCode.NOT_AUTHENTICATED)
+CLOSE_DEACTIVATED = int(CloseCode.DEACTIVATED)
 BATCH = 500
 
 
@@ -45,6 +45,11 @@ class Credential:
     password_mark: str  # changes whenever the user's password changes
     token_key: str | None = None
     session_key: str | None = None
+
+
+# connection id -> (session, credential) of this instance's sockets; entries of sockets the
+# router no longer holds are dropped by each round.
+_tracked: dict[str, tuple[Session, Credential]] = {}
 
 
 def password_mark(password: str) -> str:
@@ -128,32 +133,39 @@ def _live_sessions(keys: list[str]) -> set[str]:
     return {key for key in keys if store().exists(key)}
 
 
-async def check_hub(hub: Hub) -> int:
+def track(session: Session, credential: Credential) -> None:
+    """Follow this socket's credential until the socket leaves the router."""
+    _tracked[session.connection_id] = (session, credential)
+
+
+async def check_local() -> int:
     """Close this instance's sockets whose credential no longer holds; returns how many."""
-    by_credential: dict[Credential, list[Any]] = defaultdict(list)
-    for consumer in list(hub.consumers):
-        cred = getattr(consumer, "credential", None)
-        if cred is not None and consumer.closing is None:
-            by_credential[cred].append(consumer)
+    live = {s.connection_id for sessions in router.by_user.values() for s in sessions}
+    for connection_id in [c for c in _tracked if c not in live]:
+        _tracked.pop(connection_id, None)
+    by_credential: dict[Credential, list[Session]] = defaultdict(list)
+    for session, cred in list(_tracked.values()):
+        if session.closing is None:
+            by_credential[cred].append(session)
     if not by_credential:
         return 0
     revoked = await db_call(verdicts)(list(by_credential))
     closed = 0
     for cred, code in revoked.items():
-        for consumer in by_credential[cred]:
-            consumer.close_with(code)
+        for session in by_credential[cred]:
+            session.close(code)
             closed += 1
     if closed:
         logger.info("closed sockets of revoked credentials", extra={"count": closed})
     return closed
 
 
-async def run_credential_check_loop(hub: Hub) -> None:
+async def run_credential_check_loop() -> None:
     """Background loop of every instance: re-check the credentials of its live sockets."""
     while True:
         await asyncio.sleep(settings.CREDENTIAL_CHECK_SECONDS)
         try:
-            await check_hub(hub)
+            await check_local()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -14,6 +14,7 @@ from django.db.models.functions import Coalesce
 from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
 
 from .models import Conversation, Message, Participant
+from .presenters import receipt
 
 User = get_user_model()
 
@@ -60,6 +61,19 @@ def conversations_of(*, user_id: int) -> QuerySet[Conversation]:
         .prefetch_related("participants__user")
         .order_by(Coalesce("last_message_at", "created_at").desc(), "-created_at", "-id")
     )
+
+
+def conversation_seqs(*, user_id: int) -> dict[str, int]:
+    """The user's conversations with the latest seq of each (a socket's streams at connect)."""
+    rows = Conversation.objects.filter(participants__user_id=user_id).values_list("id", "last_seq")
+    return {str(cid): seq for cid, seq in rows}
+
+
+def latest_seqs(conversation_ids: list[str]) -> dict[str, int]:
+    """The latest seq of each conversation (the router's catch-up after a bus outage)."""
+    return {
+        str(cid): seq for cid, seq in Conversation.objects.filter(pk__in=conversation_ids).values_list("id", "last_seq")
+    }
 
 
 def conversation_ids_of(*, user_id: int) -> list[str]:
@@ -140,12 +154,7 @@ def resume_messages(*, user_id: int, conversation_id: object, after_seq: int, li
 
 def read_receipts(*, user_id: int, conversation_id: object) -> list[dict[str, Any]]:
     conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
-    from .events import iso
-
-    return [
-        {"user_id": p.user_id, "seq": p.last_read_seq, "read_at": iso(p.last_read_at)}
-        for p in Participant.objects.filter(conversation=conversation).order_by("user_id")
-    ]
+    return [receipt(p) for p in Participant.objects.filter(conversation=conversation).order_by("user_id")]
 
 
 def active_user(*, user_id: Any) -> AbstractBaseUser:

@@ -10,6 +10,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from .models import CLIENT_MSG_ID_MAX_CHARS, TITLE_MAX_CHARS
+
 
 class StrictCharField(serializers.CharField):
     """A CharField that takes only JSON strings. DRF's own coerces numbers (``123`` -> ``"123"``),
@@ -53,7 +55,7 @@ class TicketOut(serializers.Serializer):
 
 
 class ConversationIn(serializers.Serializer):
-    title = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+    title = StrictCharField(max_length=TITLE_MAX_CHARS, required=False, allow_blank=True, default="")
     participant_ids = serializers.ListField(child=StrictIntegerField(), allow_empty=True)
 
 
@@ -80,7 +82,7 @@ class ParticipantIn(serializers.Serializer):
 
 class MessageIn(serializers.Serializer):
     body = StrictCharField(trim_whitespace=False)
-    client_msg_id = StrictCharField(max_length=64, required=False, allow_null=True)
+    client_msg_id = StrictCharField(max_length=CLIENT_MSG_ID_MAX_CHARS, required=False, allow_null=True)
 
 
 class MessageOut(serializers.Serializer):

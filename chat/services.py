@@ -18,7 +18,7 @@ from core import metrics, redis_client
 from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
 
 from . import events
-from .models import Conversation, Message, Participant
+from .models import CLIENT_MSG_ID_MAX_CHARS, TITLE_MAX_CHARS, Conversation, Message, Participant
 from .ratelimit import check_send_rate
 from .selectors import active_participant, conversation_for, parse_conversation_id, raise_not_participant
 
@@ -72,8 +72,8 @@ CANNOT_ADD = "Some of these users cannot be added to a conversation by you."
 @transaction.atomic
 def conversation_create(*, creator_id: int, title: str = "", participant_ids: Any) -> Conversation:
     """Create a conversation; the creator is its owner and a participant."""
-    if not isinstance(title, str) or len(title) > 200:
-        raise Invalid.field("title", "Must be a string of at most 200 characters.")
+    if not isinstance(title, str) or len(title) > TITLE_MAX_CHARS:
+        raise Invalid.field("title", f"Must be a string of at most {TITLE_MAX_CHARS} characters.")
     ids = _user_ids(participant_ids, "participant_ids", actor_id=creator_id)
     conversation = Conversation.objects.create(title=title.strip(), owner_id=creator_id)
     Participant.objects.create(conversation=conversation, user_id=creator_id, role=Participant.Role.OWNER)
@@ -146,8 +146,8 @@ def _validate_body(body: Any) -> str:
 def _validate_client_msg_id(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not 1 <= len(value) <= 64:
-        raise Invalid.field("client_msg_id", "Must be a string of 1 to 64 characters.")
+    if not isinstance(value, str) or not 1 <= len(value) <= CLIENT_MSG_ID_MAX_CHARS:
+        raise Invalid.field("client_msg_id", f"Must be a string of 1 to {CLIENT_MSG_ID_MAX_CHARS} characters.")
     return value
 
 

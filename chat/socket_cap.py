@@ -9,11 +9,12 @@ import logging
 
 from django.conf import settings
 
-from presence.registry import get_registry
+from realtime.protocol import CloseCode
+from realtime.registry import get_registry
 
 logger = logging.getLogger("chat.ws")
 
-CLOSE_TOO_MANY_SOCKETS = 4429
+CLOSE_TOO_MANY_SOCKETS = CloseCode.TOO_MANY_SOCKETS
 
 
 async def over_cap(user_id: int) -> bool:

@@ -15,9 +15,8 @@ from rest_framework.views import APIView
 
 from core.errors import Invalid
 
-from . import selectors, services
+from . import presenters, selectors, services
 from .authentication import token_for_login
-from .events import conversation_dict, iso, message_dict
 from .serializers import (
     ConversationIn,
     ConversationOut,
@@ -98,7 +97,7 @@ class ConversationListView(APIView):
 
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(selectors.conversations_of(user_id=uid(request)), request, view=self)
-        return paginator.get_paginated_response([conversation_dict(c) for c in page or []])
+        return paginator.get_paginated_response([presenters.conversation(c) for c in page or []])
 
     @extend_schema(request=ConversationIn, responses={201: ConversationOut}, summary="Create a conversation")
     def post(self, request: Request) -> Response:
@@ -106,14 +105,14 @@ class ConversationListView(APIView):
         conversation = services.conversation_create(
             creator_id=uid(request), title=data.get("title", ""), participant_ids=data["participant_ids"]
         )
-        return Response(conversation_dict(conversation), status=status.HTTP_201_CREATED)
+        return Response(presenters.conversation(conversation), status=status.HTTP_201_CREATED)
 
 
 class ConversationDetailView(APIView):
     @extend_schema(responses={200: ConversationOut}, summary="One conversation (participants only)")
     def get(self, request: Request, conversation_id: str) -> Response:
         conversation = selectors.conversation_for(user_id=uid(request), conversation_id=conversation_id)
-        return Response(conversation_dict(conversation))
+        return Response(presenters.conversation(conversation))
 
 
 class ParticipantListView(APIView):
@@ -129,7 +128,7 @@ class ParticipantListView(APIView):
         )
         conversation = selectors.conversation_for(user_id=uid(request), conversation_id=conversation_id)
         return Response(
-            conversation_dict(conversation), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+            presenters.conversation(conversation), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
 
 
@@ -158,7 +157,7 @@ class MessageListView(APIView):
             before_seq=request.query_params.get("before_seq"),
             limit=request.query_params.get("limit"),
         )
-        return Response({"results": [message_dict(m) for m in rows], "has_more": has_more})
+        return Response({"results": [presenters.message(m) for m in rows], "has_more": has_more})
 
     @extend_schema(request=MessageIn, responses={201: MessageOut, 200: MessageOut}, summary="Send a message")
     def post(self, request: Request, conversation_id: str) -> Response:
@@ -170,7 +169,7 @@ class MessageListView(APIView):
             client_msg_id=data.get("client_msg_id"),
         )
         return Response(
-            message_dict(result.message), status=status.HTTP_200_OK if result.repeat else status.HTTP_201_CREATED
+            presenters.message(result.message), status=status.HTTP_200_OK if result.repeat else status.HTTP_201_CREATED
         )
 
 
@@ -185,12 +184,9 @@ class ReadView(APIView):
         data = parse(ReadIn, request.data)
         result = services.read_mark(user_id=uid(request), conversation_id=conversation_id, seq=data["seq"])
         return Response(
-            {
-                "conversation_id": conversation_id,
-                "user_id": uid(request),
-                "seq": result.seq,
-                "read_at": iso(result.read_at),
-            }
+            presenters.read_receipt(
+                conversation_id=conversation_id, user_id=uid(request), seq=result.seq, read_at=result.read_at
+            )
         )
 
 

@@ -1,6 +1,8 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels.
+"""ASGI entry point: HTTP through Django, WebSockets through Channels, lifespan for the runtime.
 
 Run with ``uvicorn chatproject.asgi:application`` or ``daphne chatproject.asgi:application``.
+Under uvicorn the ``lifespan`` protocol starts the runtime (background loops) before the first
+request; daphne has no lifespan, so the first request or socket starts it.
 """
 
 import os
@@ -15,14 +17,19 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from chat.auth import OptionalOriginValidator, WebSocketAuthStack  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from core.daphne_compat import patch_daphne  # noqa: E402
+from core.runtime import LifespanApp, RuntimeStarter  # noqa: E402
 from core.startup import log_startup  # noqa: E402
+from realtime.admission import AdmissionGate  # noqa: E402
 
 patch_daphne()
 log_startup()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
-        "websocket": OptionalOriginValidator(WebSocketAuthStack(URLRouter(websocket_urlpatterns))),
+        "http": RuntimeStarter(django_asgi_app),
+        "websocket": RuntimeStarter(
+            AdmissionGate(OptionalOriginValidator(WebSocketAuthStack(URLRouter(websocket_urlpatterns))))
+        ),
+        "lifespan": LifespanApp(),
     }
 )

@@ -22,6 +22,9 @@ HEALTH_CHECK_FAILURES = Counter(
     "Failed /api/health checks, by service (database, redis, channel_layer, firestore)",
     ["service"],
 )
+HANDSHAKES_REFUSED = Counter(
+    "chat_handshakes_refused_total", "WebSocket handshakes refused with an HTTP status (draining, shedding)", ["status"]
+)
 REGISTRY_REAPS = Counter("chat_registry_reaped_connections_total", "Connections reaped from dead instances")
 FIRESTORE_QUEUE = Gauge("chat_firestore_queue_length", "Status writes waiting for Firestore")
 FIRESTORE_LAG = Gauge("chat_firestore_lag_seconds", "Age of the oldest status write waiting for Firestore")

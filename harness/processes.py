@@ -324,7 +324,8 @@ def wait_registered(redis_conn: Any, user_id: int, count: int, timeout: float = 
     ``hello`` before it has subscribed the socket's groups and registered it, so a test that
     acts on other sockets or reads the registry right after ``hello`` waits here first."""
     deadline = time.monotonic() + timeout
-    while (found := redis_conn.zcard(f"{prefix}:user:{user_id}:conns")) != count:
+    # The key of realtime.registry.user_conns_key (its shard tag is the user id modulo 16).
+    while (found := redis_conn.zcard(f"{prefix}:{{s{user_id % 16}}}:u:{user_id}:conns")) != count:
         if time.monotonic() > deadline:
             raise TimeoutError(f"user {user_id} has {found} registered connections, expected {count}")
         time.sleep(0.05)

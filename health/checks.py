@@ -14,6 +14,8 @@ from django.conf import settings
 from django.db import connection
 
 from core import metrics, redis_client
+from core.runtime import runtime
+from realtime.watchdog import watchdog
 
 logger = logging.getLogger("health")
 
@@ -45,9 +47,8 @@ async def check_redis() -> None:
 
 
 async def check_channel_layer() -> None:
-    from chat.fanout import hub
-
-    await hub.probe(timeout=CHECK_TIMEOUT_SECONDS)
+    await runtime.ensure_started()
+    await watchdog.probe(timeout=CHECK_TIMEOUT_SECONDS)
 
 
 async def check_firestore() -> None:

@@ -10,6 +10,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.runtime import runtime
+from realtime.router import router
+
 from . import checks
 
 
@@ -20,8 +23,10 @@ async def live(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 async def health(request: HttpRequest) -> JsonResponse:
-    from chat.fanout import hub
-
+    if runtime.draining:
+        # At once, without probing anything: the balancer must stop sending here now.
+        draining = {"status": "draining", "instance_id": settings.INSTANCE_ID, "mode": settings.CHAT_MODE}
+        return JsonResponse(draining, status=503)
     services = await checks.run_all()
     core = ["database", "channel_layer"] + (["redis"] if settings.CHAT_MODE == "cluster" else [])
     if any(services[name]["status"] == "down" for name in core):
@@ -35,7 +40,7 @@ async def health(request: HttpRequest) -> JsonResponse:
         "instance_id": settings.INSTANCE_ID,
         "mode": settings.CHAT_MODE,
         "services": services,
-        "connections": {"local": hub.local_connection_count()},
+        "connections": {"local": router.local_connection_count()},
     }
     return JsonResponse(body, status=code)
 

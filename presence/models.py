@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+STATUS_TEXT_MAX_CHARS = 200
+
 
 class UserStatus(models.Model):
     class Status(models.TextChoices):
@@ -15,7 +17,7 @@ class UserStatus(models.Model):
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="+")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ONLINE)
-    text = models.CharField(max_length=200, blank=True, default="")
+    text = models.CharField(max_length=STATUS_TEXT_MAX_CHARS, blank=True, default="")
     # Grows with every change of the user's presence (status, text, online or offline), so a
     # client and the Firestore mirror can drop a stale one.
     version = models.PositiveBigIntegerField(default=0)

@@ -8,9 +8,8 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 
-from chat.events import iso
-
-from .registry import Connection, Instance, get_registry
+from chat.presenters import iso
+from realtime.registry import Connection, Instance, get_registry
 
 
 def _ts(value: float) -> str | None:

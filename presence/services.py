@@ -5,7 +5,7 @@ queues the new state for Firestore (the outbox) and, after commit, sends ``prese
 the user's own sockets see their real status; everyone sharing a conversation sees the public
 view (``invisible`` and offline users as ``offline``). The public event goes once to each of
 the user's conversation groups, not to each contact: a user in a 200-member conversation costs
-one publish, and each instance delivers it once per local socket (chat/fanout.py).
+one publish, and each instance delivers it once per local socket (realtime/router.py).
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chat import events
+from chat.presenters import iso
 from chat.selectors import conversation_ids_of
 from core.errors import Invalid, NotFound
+from realtime.protocol import CloseCode
+from realtime.registry import get_registry, user_connection_count_blocking
 
 from . import firestore
-from .models import StatusOutbox, UserStatus
-from .registry import get_registry, user_connection_count_blocking
+from .models import STATUS_TEXT_MAX_CHARS, StatusOutbox, UserStatus
 
 logger = logging.getLogger("presence")
-
-CLOSE_DISCONNECTED_BY_OPERATOR = 4000
-STATUS_TEXT_MAX = 200
 
 
 def public_state(row: UserStatus) -> tuple[str, str, bool]:
@@ -53,7 +52,7 @@ def presence_view(row: UserStatus, *, public: bool) -> dict[str, Any]:
         "status": status,
         "text": text,
         "online": online,
-        "last_seen": events.iso(last_seen),
+        "last_seen": iso(last_seen),
         "version": version,
     }
 
@@ -92,12 +91,12 @@ def _publish(row: UserStatus, conversation_ids: list[str] | None = None, *, publ
     public = presence_view(row, public=True)
     if public_changed and conversation_ids is None:
         conversation_ids = conversation_ids_of(user_id=row.user_id)
-    events.presence(
+    events.versioned(
         user_id=row.user_id,
         version=row.version,
         conversation_ids=(conversation_ids or []) if public_changed else [],
         public={"type": "presence", **public} if public_changed else None,
-        private={"type": "presence", **presence_view(row, public=False)},
+        own={"type": "presence", **presence_view(row, public=False)},
     )
     # Firestore holds the public view (others may read it): only its changes go there.
     if public_changed and firestore.enabled():  # without Firestore nothing to queue (presence_resync fills it later)
@@ -122,8 +121,8 @@ def status_set(*, user_id: int, status: Any, text: Any = None) -> dict[str, Any]
     """Set the chosen status (online, away, busy, invisible) and optional text."""
     if status not in UserStatus.Status.values:
         raise Invalid.field("status", f"Must be one of {', '.join(UserStatus.Status.values)}.")
-    if text is not None and (not isinstance(text, str) or len(text) > STATUS_TEXT_MAX):
-        raise Invalid.field("text", f"Must be a string of at most {STATUS_TEXT_MAX} characters.")
+    if text is not None and (not isinstance(text, str) or len(text) > STATUS_TEXT_MAX_CHARS):
+        raise Invalid.field("text", f"Must be a string of at most {STATUS_TEXT_MAX_CHARS} characters.")
     row = _row_for_update(user_id)
     new_text = row.text if text is None else text.strip()
     if (row.status, row.text) != (status, new_text):
@@ -168,7 +167,7 @@ def went_offline(*, user_id: int) -> None:
     _publish(row, public_changed=changed)
 
 
-def user_disconnect(*, user_id: object, code: int = CLOSE_DISCONNECTED_BY_OPERATOR, actor: Any = None) -> int:
+def user_disconnect(*, user_id: object, code: int = CloseCode.DISCONNECTED, actor: Any = None) -> int:
     """Close every socket of the user, on every instance. Returns how many were open. An
     ``actor`` (the operator asking) must hold presence.disconnect_user; without one the
     caller is the system itself (a management command run with shell access)."""

@@ -7,18 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from chat import events
-
-CLOSE_NOT_AUTHENTICATED = 4401
-CLOSE_DEACTIVATED = 4403
+from realtime.protocol import CloseCode
 
 
 def close_sockets_of_deactivated_user(sender: Any, instance: Any, created: bool = False, **kwargs: Any) -> None:
     if not created and not instance.is_active:
-        events.disconnect_user(user_id=instance.pk, code=CLOSE_DEACTIVATED)
+        events.disconnect_user(user_id=instance.pk, code=CloseCode.DEACTIVATED)
 
 
 def close_sockets_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
-    events.disconnect_user(user_id=instance.pk, code=CLOSE_NOT_AUTHENTICATED)
+    events.disconnect_user(user_id=instance.pk, code=CloseCode.NOT_AUTHENTICATED)
 
 
 def note_password_change(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
@@ -45,4 +43,4 @@ def revoke_on_password_change(sender: Any, instance: Any, created: bool = False,
     from chat.authentication import revoke_tokens
 
     revoke_tokens(user_id=instance.pk)
-    events.disconnect_user(user_id=instance.pk, code=CLOSE_NOT_AUTHENTICATED)
+    events.disconnect_user(user_id=instance.pk, code=CloseCode.NOT_AUTHENTICATED)

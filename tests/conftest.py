@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from chat import login_throttle, ratelimit, services
 from core import redis_client
-from presence import registry
+from realtime import registry
 from tests.factories import ConversationFactory, UserFactory
 from tests.plugin import session_redis
 

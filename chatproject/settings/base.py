@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served from our static files, not a CDN
+    "realtime",
     "chat",
     "presence",
     "health",
@@ -210,6 +211,14 @@ TYPING_EXPIRY_SECONDS = 10
 WS_TICKET_TTL_SECONDS = 60
 MESSAGES_PAGE_MAX = 200
 RESUME_MAX_PER_CONVERSATION = 1000
+RESUME_MAX_CONVERSATIONS = 1000
+# Clients of a lost socket wait a random time in [0, this] before reconnecting (sent in hello).
+# On SIGTERM: health answers 503 "draining" and handshakes are refused this long before sockets
+# are closed with 1012 (time for a balancer polling health to take the instance out).
+DRAIN_NOTICE_SECONDS = env_float("DRAIN_NOTICE_SECONDS", 1.0)
+if DRAIN_NOTICE_SECONDS > 5:
+    raise ConfigError("DRAIN_NOTICE_SECONDS", "at most 5 (an instance exits within 10 s of SIGTERM)")
+WS_RECONNECT_WINDOW_MS = env_int("WS_RECONNECT_WINDOW_MS", 10000, minimum=0)
 
 # --- Firestore ------------------------------------------------------------------------------
 

@@ -463,7 +463,7 @@ def test_member_leaves(member_api, conversation, other_user, user, published, dj
     conversation.refresh_from_db()
     assert conversation.owner_id == user.pk
     left = frames(published, "conversation.left")
-    assert [(g, m["only_user"]) for g, m in left] == [(f"c.{conversation.id}", other_user.pk)]
+    assert [(g, m["audience"]["only_user"]) for g, m in left] == [(f"c.{conversation.id}", other_user.pk)]
     assert_error(member_api.get(conv_url(conversation)), 403, "not_participant")
 
 
@@ -917,7 +917,7 @@ def test_typing_is_broadcast_to_the_others(
     assert len(typing) == 1
     group, message = typing[0]
     assert group == f"c.{conversation.id}"
-    assert message["exclude_user"] == user.pk
+    assert message["audience"]["exclude_user"] == user.pk
     assert message["frame"] == {
         "type": "typing",
         "conversation_id": str(conversation.id),

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from chat.consumers import finish_started
+from realtime.session import finish_started
 
 
 def start(coro):

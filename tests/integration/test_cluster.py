@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from realtime.registry import instance_conns_key, instances_key, user_conns_key
 from tests.integration.conftest import open_ws
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -177,7 +178,7 @@ def staff_token(transactional_db):
 
 
 def registry_conns(cluster, instance_id: str) -> set[str]:
-    return set(cluster.redis_client().smembers(f"chat:inst:{instance_id}:conns"))
+    return set(cluster.redis_client().smembers(instance_conns_key(instance_id)))
 
 
 async def test_sigkill_instance_is_reaped_and_clients_resume_on_the_survivor(cluster, people):
@@ -194,10 +195,10 @@ async def test_sigkill_instance_is_reaped_and_clients_resume_on_the_survivor(clu
         await alice.request(send_frame(cid, f"while-dead-{i}", f"d{i}"))
 
     ttl = float(cluster.env["INSTANCE_TTL_SECONDS"])
-    while registry_conns(cluster, "a") or cluster.redis_client().zscore("chat:instances", "a") is not None:
+    while registry_conns(cluster, "a") or cluster.redis_client().zscore(instances_key(), "a") is not None:
         assert time.monotonic() - killed_at < 2 * ttl + 1, "dead instance not reaped within 2 x TTL"
         await asyncio.sleep(0.2)
-    bob_conns = cluster.redis_client().zrange(f"chat:user:{people['bob'].pk}:conns", 0, -1)
+    bob_conns = cluster.redis_client().zrange(user_conns_key(people["bob"].pk), 0, -1)
     assert bob_conns == []
 
     bob = await open_ws(cluster.servers["b"].ws_url, people["bob"])
@@ -222,7 +223,7 @@ async def test_sigterm_closes_with_1012_deregisters_and_exits(cluster, people, i
     assert server.wait(10) is not None
     assert time.monotonic() - started < 10
     assert registry_conns(cluster, instance) == set()
-    assert cluster.redis_client().zscore("chat:instances", instance) is None
+    assert cluster.redis_client().zscore(instances_key(), instance) is None
 
 
 async def test_redis_restarted_empty_recovers_delivery_and_registry(cluster, people):

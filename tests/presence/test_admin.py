@@ -15,9 +15,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from core import redis_client
-from core.redis_client import key
 from harness.processes import AppServer, app_env, start_all, stop_all, wait_registered
-from presence.registry import Connection, RedisRegistry
+from realtime.registry import Connection, RedisRegistry, instances_key
 from tests.factories import UserFactory
 from tests.integration.conftest import database_url, token
 
@@ -34,11 +33,11 @@ def register(instance_id: str, *conns: tuple[str, int]) -> None:
     for conn_id, user_id in conns:
         conn = Connection(conn_id, user_id, instance_id, f"chan!{conn_id}", now, now, "10.1.2.3", "test-agent")
         async_to_sync(registry.add)(conn)
-    async_to_sync(registry.heartbeat)([])
+    async_to_sync(registry.heartbeat)()
 
 
 def age_instance(instance_id: str, seconds: float) -> None:
-    redis_client.get_sync().zadd(key("instances"), {instance_id: time.time() - seconds})
+    redis_client.get_sync().zadd(instances_key(), {instance_id: time.time() - seconds})
 
 
 @pytest.fixture

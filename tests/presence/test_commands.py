@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from harness.processes import ROOT, AppServer, app_env, wait_registered
+from realtime.registry import instance_conns_key, instances_key, user_conns_key
 from tests.integration.conftest import open_ws, start_cluster, token
 
 # One database mode for the whole module: pytest-django runs tests grouped by mode, which would
@@ -59,7 +60,7 @@ def registry_empty(cluster) -> None:
     """Wait until sockets of earlier tests have left the registry."""
     r = cluster.redis_client()
     deadline = time.monotonic() + 5
-    while any(r.scard(f"chat:inst:{i}:conns") for i in r.zrange("chat:instances", 0, -1)):
+    while any(r.scard(instance_conns_key(i)) for i in r.zrange(instances_key(), 0, -1)):
         assert time.monotonic() < deadline, "registry still holds connections of an earlier test"
         time.sleep(0.1)
 
@@ -144,29 +145,29 @@ async def test_reap_connections_reaps_dead_instances_now_and_spares_live_ones(cl
     await settled(cluster, people["alice"], 1)
     await settled(cluster, people["bob"], 1)
     r = cluster.redis_client()
-    assert r.scard("chat:inst:c:conns") == 1
+    assert r.scard(instance_conns_key("c")) == 1
 
     doomed.signal(signal.SIGKILL)
     doomed.wait(5)
     killed = time.time()
     env = dict(cluster.env, INSTANCE_TTL_SECONDS=COMMAND_TTL)
-    while time.time() - float(r.zscore("chat:instances", "c")) <= float(COMMAND_TTL) + 0.2:
+    while time.time() - float(r.zscore(instances_key(), "c")) <= float(COMMAND_TTL) + 0.2:
         assert time.time() - killed < 10
         await asyncio.sleep(0.2)
 
     dry = await amanage(env, "reap_connections", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip() == "1 dead instance(s): c"
-    assert r.scard("chat:inst:c:conns") == 1, "a dry run changed the registry"
+    assert r.scard(instance_conns_key("c")) == 1, "a dry run changed the registry"
 
     reaped = await amanage(env, "reap_connections")
     assert reaped.returncode == 0, reaped.stderr
     assert reaped.stdout.strip() == "Reaped 1 connection(s) of 1 dead instance(s): c"
-    assert r.zscore("chat:instances", "c") is None
-    assert r.scard("chat:inst:c:conns") == 0
-    assert r.zrange(f"chat:user:{people['alice'].pk}:conns", 0, -1) == []
+    assert r.zscore(instances_key(), "c") is None
+    assert r.scard(instance_conns_key("c")) == 0
+    assert r.zrange(user_conns_key(people["alice"].pk), 0, -1) == []
     # The living instances and their sockets are untouched.
-    assert r.scard("chat:inst:a:conns") == 1
+    assert r.scard(instance_conns_key("a")) == 1
     assert (await bob_a.request({"type": "ping", "id": "p"}))["type"] == "pong"
     stats, again = await asyncio.to_thread(manage_all, env, ("chat_stats", "--json"), ("reap_connections",))
     stats = json.loads(stats.stdout)

@@ -8,7 +8,7 @@ from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandParser
 
 from presence import selectors
-from presence.registry import get_registry
+from realtime.registry import get_registry
 
 from ._cluster import from_registry, require_cluster
 

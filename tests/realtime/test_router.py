@@ -1,4 +1,5 @@
-"""The instance hub keeps seq order per conversation and fills gaps from the database."""
+"""The router keeps seq order per conversation, fills gaps from the database, and owns the
+instance's subscriptions (real channel layer on the test Redis, real database)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from chat.events import conversation_group, message_dict
-from chat.fanout import hub
 from chat.models import Conversation, Message
+from chat.presenters import message as message_dict
+from core.runtime import runtime
+from realtime.protocol import conversation_group, envelope, user_group
+from realtime.registry import get_registry
+from realtime.router import router
+from realtime.watchdog import watchdog
 from tests.chat.wsutil import connect
 from tests.factories import ConversationFactory, UserFactory
 
@@ -30,10 +35,8 @@ def _store(conv, sender, seqs):
 
 async def _publish(conv, message):
     frame = {"type": "message.new", "message": message_dict(message)}
-    await get_channel_layer().group_send(
-        conversation_group(conv.id),
-        {"type": "fanout", "group": conversation_group(conv.id), "frame": frame},
-    )
+    env = envelope({"kind": "conversation", "id": str(conv.id)}, frame, seq=message.seq)
+    await get_channel_layer().group_send(conversation_group(conv.id), {**env, "group": conversation_group(conv.id)})
 
 
 @pytest.fixture
@@ -72,7 +75,7 @@ async def test_catch_up_delivers_messages_whose_events_never_came(pair):
     alice, bob, conv = pair
     b = await connect(bob)
     await database_sync_to_async(_store)(conv, alice, [1, 2])
-    await hub._catch_up()
+    await router.catch_up()
     assert await _seqs(b, 2) == [1, 2]
     await b.close()
 
@@ -80,62 +83,57 @@ async def test_catch_up_delivers_messages_whose_events_never_came(pair):
 async def test_probe_round_trips_through_the_layer(pair):
     _, bob, _ = pair
     b = await connect(bob)
-    latency = await hub.probe(timeout=2)
+    latency = await watchdog.probe(timeout=2)
     assert 0 <= latency < 2
     await b.close()
 
 
 async def test_connect_whose_subscribe_fails_leaves_nothing_behind(pair, monkeypatch):
     """A subscribe that times out during connect closes the socket with 1011 and undoes the
-    routing: no phantom consumer in the hub (connections.local stays true), no registry entry,
+    routing: no phantom session in the router (connections.local stays true), no registry entry,
     and the group is not marked, so the next connect subscribes for real."""
-    from chat.events import user_group
-    from presence.registry import get_registry
-
     _, bob, conv = pair
-    await hub.ensure_started()
-    real_group_add = hub.layer.group_add
+    await runtime.ensure_started()
+    real_group_add = router.bus.layer.group_add
     calls = []
 
     async def failing_group_add(group, channel):
         calls.append(group)
         raise TimeoutError
 
-    monkeypatch.setattr(hub.layer, "group_add", failing_group_add)
+    monkeypatch.setattr(router.bus.layer, "group_add", failing_group_add)
     b = await connect(bob)
     # The hello was queued but never written: the socket is not routed, so it only gets 1011.
     assert not b.hello
     assert b.backlog == [{"type": "__closed__", "code": 1011}]
     assert calls, "the failing subscribe was reached"
     await b.close()  # the server's websocket.disconnect after the close handshake
-    assert not [c for c in hub.consumers if c.user_id == bob.pk]
-    assert bob.pk not in hub.by_user and str(conv.id) not in hub.by_conv
-    assert user_group(bob.pk) not in hub.groups
+    assert not [c for c in router.sessions if c.user_id == bob.pk]
+    assert bob.pk not in router.by_user and str(conv.id) not in router.by_topic
+    assert user_group(bob.pk) not in router.groups
     assert await get_registry().user_connections(bob.pk) == []
 
-    monkeypatch.setattr(hub.layer, "group_add", real_group_add)
+    monkeypatch.setattr(router.bus.layer, "group_add", real_group_add)
     b2 = await connect(bob)
-    assert user_group(bob.pk) in hub.groups and conversation_group(conv.id) in hub.groups
+    assert user_group(bob.pk) in router.groups and conversation_group(conv.id) in router.groups
     assert [c.connection_id for c in await get_registry().user_connections(bob.pk)] == [b2.hello["connection_id"]]
     await b2.close()
 
 
 async def test_concurrent_connects_subscribe_each_group_once(monkeypatch):
     """Sockets connecting at the same time share the instance's subscriptions: one subscribe
-    per group, made in a row by the hub, and every socket is fed afterwards."""
-    from chat.events import user_group
-
+    per group, made in a row by the router, and every socket is fed afterwards."""
     users = await database_sync_to_async(lambda: [UserFactory() for _ in range(30)])()
     conv = await database_sync_to_async(ConversationFactory)(owner=users[0], members=users[1:])
-    await hub.ensure_started()
-    real_group_add = hub.layer.group_add
+    await runtime.ensure_started()
+    real_group_add = router.bus.layer.group_add
     calls: list[str] = []
 
     async def counting_group_add(group, channel):
         calls.append(group)
         await real_group_add(group, channel)
 
-    monkeypatch.setattr(hub.layer, "group_add", counting_group_add)
+    monkeypatch.setattr(router.bus.layer, "group_add", counting_group_add)
     clients = await asyncio.gather(*(connect(u) for u in users))
     try:
         assert all(c.hello for c in clients)

@@ -1,0 +1,329 @@
+"""The socket's interface: handshake, routing and registry on connect, frames to handlers.
+
+``RealtimeConsumer`` is the part of a socket that is the same for every app: it authenticates
+the handshake's user, routes the socket (``router``), registers it (``registry``), sends
+``hello``, and then parses each client frame and calls the handler registered for its ``type``,
+answering ``ack`` or ``error``. Apps subclass it to say which streams a user's socket follows
+(``topics``) and register their frame handlers with ``@Consumer.handler("type")``; other apps
+extend the same table and react to a user's first connection through ``on_first_connection``.
+
+Events reach the socket through the router, not through a channel of this consumer, and leave
+through its session's bounded queue (``session``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+from redis.exceptions import RedisError
+
+from core import metrics
+from core.errors import ApplicationError, Invalid, RateLimited, internal_error_body
+from core.logging import connection_id_var, user_id_var
+from core.runtime import runtime
+
+from .admission import connect_slots
+from .protocol import REQUEST_ID_MAX_CHARS, CloseCode, Hello
+from .registry import Connection, get_registry
+from .router import router
+from .session import Session
+
+logger = logging.getLogger("realtime.ws")
+
+ABUSE_WINDOW_SECONDS = 10.0
+ABUSE_MAX_STRIKES = 20
+TOUCH_INTERVAL_SECONDS = 30.0
+DEAD_CLEANUP_SECONDS = 1.0
+
+Handler = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+FirstConnectionHook = Callable[[int, list[str]], Awaitable[None]]
+
+
+class RealtimeConsumer(AsyncWebsocketConsumer):
+    handlers: ClassVar[dict[str, Handler]] = {}
+    # Called with (user id, the user's topics) when a user with no connection anywhere connects.
+    first_connection_hooks: ClassVar[list[FirstConnectionHook]] = []
+
+    user_id: int
+    connection_id: str
+    session: Session | None = None
+    registered: bool = False
+    strikes: deque[float] | None = None
+
+    @classmethod
+    def handler(cls, frame_type: str) -> Callable[[Handler], Handler]:
+        """Register ``func`` as the handler of client frames of ``frame_type``."""
+
+        def register(func: Handler) -> Handler:
+            cls.handlers[frame_type] = func
+            return func
+
+        return register
+
+    @classmethod
+    def on_first_connection(cls, hook: FirstConnectionHook) -> FirstConnectionHook:
+        if hook not in cls.first_connection_hooks:
+            cls.first_connection_hooks.append(hook)
+        return hook
+
+    async def topics(self) -> dict[str, int]:
+        """The ordered streams this user's socket follows, with the latest seq of each."""
+        return {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' consumer loop without its per-consumer and per-frame extras: no channel of
+        its own (the instance holds one and the router fans out to local sockets), no task per
+        receive, and no ``aclose_old_connections`` thread hop per frame (database work goes
+        through ``db_call``, which manages connections in its worker thread)."""
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    await self.websocket_receive(message)
+                elif kind == "websocket.connect":
+                    await self.websocket_connect(message)
+                elif kind == "websocket.disconnect":
+                    await self.websocket_disconnect(message)
+                else:
+                    raise ValueError(f"No handler for message type {kind}")
+        except StopConsumer:
+            pass
+
+    # --- connection lifecycle -------------------------------------------------------------------
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.connection_id = str(uuid.uuid4())
+        self.connected_at = time.monotonic()
+        self.last_touch = time.monotonic()
+        connection_id_var.set(self.connection_id)
+
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self._refuse(CloseCode.NOT_AUTHENTICATED)
+            return
+        if not user.is_active:
+            await self._refuse(CloseCode.DEACTIVATED)
+            return
+        self.user_id = int(user.pk)
+        self.username = user.get_username()
+        user_id_var.set(self.user_id)
+        if runtime.draining:
+            await self._refuse(CloseCode.SHUTDOWN)
+            return
+        if not router.healthy:
+            await self._refuse(CloseCode.FANOUT_LOST)
+            return
+
+        await self.accept()
+        self.session = Session(
+            self.base_send,
+            connection_id=self.connection_id,
+            user_id=self.user_id,
+            queue_limit=settings.WS_SEND_QUEUE_FRAMES,
+            on_dead=self._on_dead,
+        )
+        try:
+            await runtime.ensure_started()  # the first socket on a server without lifespan starts it
+        except Exception as exc:
+            logger.warning("connect failed", extra={"error": exc.__class__.__name__})
+            self.session.close(CloseCode.FANOUT_LOST)
+            return
+        async with connect_slots.get():
+            if not await self._set_up(self.session):
+                return
+        metrics.CONNECTS.inc()
+        logger.info("connected", extra={"auth": self.scope.get("auth_method")})
+
+    def hello(self) -> Hello:
+        return {
+            "type": "hello",
+            "connection_id": self.connection_id,
+            "instance_id": settings.INSTANCE_ID,
+            "user": {"id": self.user_id, "username": self.username},
+            "heartbeat_interval": settings.WS_HEARTBEAT_INTERVAL_SECONDS,
+            "reconnect_window_ms": settings.WS_RECONNECT_WINDOW_MS,
+        }
+
+    async def _set_up(self, session: Session) -> bool:
+        """The connect work: routing, registry, first-connection hooks. False when it failed
+        (the socket is then closed with 1011, and the disconnect that follows undoes it)."""
+        try:
+            topics = await self.topics()
+            # hello is the first frame; the writer starts only once this socket is routed and
+            # registered, so a client that has its hello is already reachable everywhere.
+            session.reply(dict(self.hello()))
+            # Marked first: if routing or the registry fails half-way, the disconnect that
+            # follows the 1011 close undoes whatever part of it was done (both are idempotent).
+            self.registered = True
+            await router.add(session, topics)
+            became_online = await get_registry().add(self._registry_entry())
+            session.start()
+            if became_online:
+                for hook in self.first_connection_hooks:
+                    await hook(self.user_id, list(topics))
+        except (TimeoutError, ConnectionError, RedisError, DatabaseError) as exc:
+            # Expected when Redis or the database is slow or away (a reconnect storm): one
+            # line, no traceback to format for each of thousands of sockets.
+            logger.warning("connect failed", extra={"error": exc.__class__.__name__})
+            session.close(CloseCode.FANOUT_LOST)
+            return False
+        except Exception:
+            logger.exception("connect failed")
+            session.close(CloseCode.FANOUT_LOST)
+            return False
+        return True
+
+    async def _refuse(self, code: int) -> None:
+        await self.accept()
+        await self.close(code=int(code))
+        metrics.DISCONNECTS.labels(code=metrics.close_code_label(int(code))).inc()
+        logger.info("refused", extra={"close_code": int(code)})
+
+    def _registry_entry(self) -> Connection:
+        client = self.scope.get("client") or ("", 0)
+        agent = ""
+        for name, value in self.scope.get("headers", []):
+            if name == b"user-agent":
+                agent = value.decode("latin-1")[:200]
+        now = time.time()
+        return Connection(
+            connection_id=self.connection_id,
+            user_id=self.user_id,
+            instance_id=settings.INSTANCE_ID,
+            channel=f"{router.bus.channel_name}!{self.connection_id}",
+            connected_at=now,
+            last_seen=now,
+            remote_addr=str(client[0] or ""),
+            user_agent=agent,
+        )
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        await self._tear_down(message.get("code", 1000))
+        await super().websocket_disconnect(message)
+
+    def _on_dead(self) -> None:
+        """A write failed. A client that went away is reported by the server's disconnect event
+        (with its real close code) within moments; a transport that is still up never sends one,
+        so the socket's cleanup runs after a short wait either way (it is idempotent)."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(DEAD_CLEANUP_SECONDS, lambda: loop.create_task(self._tear_down(CloseCode.ABNORMAL)))
+
+    async def _tear_down(self, code: int) -> None:
+        session = self.session
+        if session is not None:
+            session.cancel()
+        if not self.registered or session is None:
+            return
+        self.registered = False
+        await router.remove(session)
+        try:
+            await get_registry().remove(self.connection_id, self.user_id)
+        except Exception as exc:
+            logger.warning("registry removal failed", extra={"error": exc.__class__.__name__})
+        # Our own close code, unless a write failed (then the client's, or 1006 if none came).
+        close_code = code if session.closing in (None, CloseCode.ABNORMAL) else session.closing
+        metrics.DISCONNECTS.labels(code=metrics.close_code_label(close_code)).inc()
+        duration = round(time.monotonic() - self.connected_at, 3)
+        logger.info("disconnected", extra={"close_code": close_code, "duration_s": duration})
+
+    # --- outgoing -------------------------------------------------------------------------------
+
+    def reply(self, frame: dict[str, Any]) -> None:
+        if self.session is not None:
+            self.session.reply(frame)
+
+    def error(self, request_id: str | None, err: dict[str, Any]) -> None:
+        metrics.ERRORS.labels(code=err["code"]).inc()
+        self.reply({"type": "error", "id": request_id, **err})
+
+    def close_with(self, code: int) -> None:
+        if self.session is not None:
+            self.session.close(code)
+
+    # --- incoming -------------------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        session = self.session
+        if session is None or session.closing is not None or not self.registered:
+            return
+        size = len(text_data.encode("utf-8")) if text_data is not None else len(bytes_data or b"")
+        if size > settings.WS_MAX_FRAME_BYTES:
+            logger.warning("frame too large", extra={"bytes": size})
+            session.close(CloseCode.TOO_BIG)
+            return
+        now = time.monotonic()
+        if now - self.last_touch > TOUCH_INTERVAL_SECONDS:
+            self.last_touch = now
+            asyncio.get_running_loop().create_task(self._touch())
+        request_id: str | None = None
+        try:
+            if text_data is None:
+                raise Invalid("Binary frames are not supported; send JSON text.", code="bad_request")
+            try:
+                data = json.loads(text_data)
+            except ValueError:
+                raise Invalid("Frame is not valid JSON.", code="bad_request") from None
+            if not isinstance(data, dict):
+                raise Invalid("A frame is a JSON object.", code="bad_request")
+            raw_id = data.get("id")
+            if raw_id is not None:
+                if not isinstance(raw_id, str) or len(raw_id) > REQUEST_ID_MAX_CHARS:
+                    raise Invalid.field("id", f"Must be a string of at most {REQUEST_ID_MAX_CHARS} characters.")
+                request_id = raw_id
+            frame_type = data.get("type")
+            handler = self.handlers.get(frame_type) if isinstance(frame_type, str) else None
+            if handler is None:
+                raise Invalid.field("type", f"Unknown frame type {str(frame_type)[:40]!r}.")
+            metrics.FRAMES_IN.labels(type=frame_type).inc()
+            result = await handler(self, data)
+            if result is not None and request_id is not None:
+                self.reply({"type": "ack", "id": request_id, **result})
+        except ApplicationError as exc:
+            self.error(request_id, exc.as_dict())
+            if exc.status in (400, 429):
+                self._strike(rate_limited=isinstance(exc, RateLimited))
+        except Exception:
+            logger.exception("frame handler failed")
+            self.error(request_id, internal_error_body())
+
+    def _strike(self, *, rate_limited: bool) -> None:
+        """Sustained invalid frames or rate-limit violations close the socket with 1008."""
+        now = time.monotonic()
+        if self.strikes is None:
+            self.strikes = deque()
+        self.strikes.append(now)
+        while self.strikes and now - self.strikes[0] > ABUSE_WINDOW_SECONDS:
+            self.strikes.popleft()
+        if len(self.strikes) >= ABUSE_MAX_STRIKES:
+            logger.warning("closing abusive socket", extra={"rate_limited": rate_limited})
+            self.close_with(CloseCode.POLICY)
+
+    async def _touch(self) -> None:
+        try:
+            await get_registry().touch(self.connection_id, self.user_id)
+        except Exception as exc:
+            logger.debug("registry touch failed", extra={"error": exc.__class__.__name__})
+
+
+@RealtimeConsumer.handler("ping")
+async def on_ping(consumer: RealtimeConsumer, data: dict[str, Any]) -> None:
+    frame: dict[str, Any] = {"type": "pong"}
+    if data.get("id") is not None:
+        frame["id"] = data["id"]
+    consumer.reply(frame)
+    return None

@@ -1,0 +1,219 @@
+"""One socket's outgoing side: a bounded queue, a writer that runs only while frames wait, close.
+
+Frames are sent eagerly when nothing is queued (the transport almost always takes the bytes at
+once, and then no task was needed); a send that has to wait is finished by the writer task, and
+frames pushed meanwhile queue behind it, in order. A client that reads too slowly overflows the
+queue and is closed with 4008 instead of growing this process's memory. An idle socket holds no
+task.
+
+Every failed write ends in a closed socket: the session tries to close the transport, and
+``on_dead`` (the consumer's cleanup: routing, registry, presence) runs whether or not a
+disconnect event ever follows, so a socket is never left open and deaf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from core import metrics
+
+from .protocol import CloseCode, encode
+
+logger = logging.getLogger("realtime.session")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Session:
+    __slots__ = (
+        "_on_dead",
+        "closing",
+        "connection_id",
+        "drain_mark",
+        "drain_waiter",
+        "queue",
+        "queue_limit",
+        "ready",
+        "resuming",
+        "send",
+        "sent_seq",
+        "topics",
+        "user_id",
+        "writer",
+    )
+
+    def __init__(
+        self, send: Send, *, connection_id: str, user_id: int, queue_limit: int, on_dead: Callable[[], None]
+    ) -> None:
+        self.send = send  # the server's send: no wrapper layers per frame
+        self.connection_id = connection_id
+        self.user_id = user_id
+        self.topics: set[str] = set()  # the conversations this socket receives
+        self.queue: deque[str] = deque()
+        self.queue_limit = queue_limit
+        self.writer: asyncio.Task[None] | None = None
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.drain_mark = 0
+        self.closing: int | None = None
+        self.ready = False  # frames are written once the socket is routed and registered
+        self.sent_seq: dict[str, int] = {}
+        self.resuming: dict[str, list[tuple[int, str]]] = {}
+        self._on_dead = on_dead
+
+    # --- pushing ------------------------------------------------------------------------------
+
+    def push(self, text: str, frame_type: str) -> None:
+        """Send one encoded frame, or queue it behind the frames still being written; overflow
+        of the queue closes the socket with 4008 (slow consumer)."""
+        if self.closing is not None:
+            return
+        if self.writer is None and self.ready and not self.queue:
+            metrics.frame_out(frame_type)
+            self._send_eagerly(text)
+            return
+        if len(self.queue) >= self.queue_limit:
+            logger.warning("outgoing queue overflow", extra={"queued": len(self.queue)})
+            self.close(CloseCode.SLOW_CONSUMER)
+            return
+        self.queue.append(text)
+        metrics.frame_out(frame_type)
+        if self.ready:
+            self._start_writer()
+
+    def reply(self, frame: dict[str, Any]) -> None:
+        self.push(encode(frame), frame["type"])
+
+    def push_sequenced(self, stream: str, seq: int, text: str) -> None:
+        """A frame of an ordered stream: each seq once, held while the stream is being resumed."""
+        held = self.resuming.get(stream)
+        if held is not None:
+            held.append((seq, text))
+            return
+        if seq <= self.sent_seq.get(stream, 0):
+            return
+        self.sent_seq[stream] = seq
+        self.push(text, "message.new")
+
+    def start(self) -> None:
+        """Routed and registered: write what was queued (hello first) and send eagerly from now on."""
+        self.ready = True
+        self._start_writer()
+
+    def _send_eagerly(self, text: str) -> None:
+        coro = self.send({"type": "websocket.send", "text": text})
+        try:
+            blocker = coro.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            return
+        except Exception as exc:
+            self._write_failed(exc)
+            return
+        self.writer = asyncio.get_running_loop().create_task(self._write_loop((coro, blocker)))  # type: ignore[arg-type]
+
+    # --- closing ------------------------------------------------------------------------------
+
+    def close(self, code: int) -> None:
+        """Close as soon as the writer gets to it; frames still queued are dropped (the client
+        resumes by seq after reconnecting)."""
+        if self.closing is not None:
+            return
+        self.closing = int(code)
+        self.queue.clear()
+        self._release_drain_waiter()
+        # With no writer running, one starts to close now; a running one closes when its
+        # current send returns.
+        self._start_writer()
+
+    def cancel(self) -> None:
+        """The socket is gone: stop writing."""
+        if self.writer is not None:
+            self.writer.cancel()
+
+    # --- the writer ---------------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        if self.writer is None and (self.queue or self.closing is not None):
+            self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self, started: tuple[Coroutine[Any, Any, Any], Any] | None = None) -> None:
+        """Finish a send that had to wait (``started``), send what is queued, then end: the next
+        push sends eagerly again or starts a new writer."""
+        try:
+            if started is not None:
+                await finish_started(*started)
+            send, queue = self.send, self.queue
+            while queue and self.closing is None:
+                await send({"type": "websocket.send", "text": queue.popleft()})
+                if self.drain_waiter is not None and len(queue) <= self.drain_mark:
+                    self._release_drain_waiter()
+            if self.closing is not None:
+                await send({"type": "websocket.close", "code": self.closing})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._write_failed(exc)
+        finally:
+            self.writer = None
+            self._release_drain_waiter()
+
+    def _write_failed(self, exc: Exception) -> None:
+        """Nothing more can be written on this socket. If the transport is still up (the frame
+        could not be encoded, say), close it; either way the socket's cleanup runs now, without
+        waiting for a disconnect event that a healthy transport never sends."""
+        logger.info("write failed; closing the socket", extra={"error": exc.__class__.__name__})
+        already_closing = self.closing is not None and self.closing != CloseCode.ABNORMAL
+        self.closing = CloseCode.ABNORMAL if self.closing is None else self.closing
+        self.queue.clear()
+        if not already_closing:
+            asyncio.get_running_loop().create_task(self._close_transport())
+        self._on_dead()
+
+    async def _close_transport(self) -> None:
+        try:
+            await self.send({"type": "websocket.close", "code": CloseCode.FANOUT_LOST})
+        except Exception as exc:  # the transport is gone as well
+            logger.debug("close after a failed write failed", extra={"error": exc.__class__.__name__})
+
+    # --- resume pacing ------------------------------------------------------------------------
+
+    def _release_drain_waiter(self) -> None:
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain_below(self, size: int) -> None:
+        """Wait until the writer has sent all but ``size`` queued frames."""
+        self.drain_mark = size
+        while len(self.queue) > size and self.closing is None:
+            if self.writer is None:
+                self._start_writer()
+            self.drain_waiter = asyncio.get_running_loop().create_future()
+            await self.drain_waiter
+
+
+async def finish_started(coro: Coroutine[Any, Any, Any], blocker: Any) -> None:
+    """Drive ``coro`` to its end the way an asyncio task would, from the point where a first
+    ``coro.send(None)`` returned ``blocker`` (the future it waits on, or None for a bare yield).
+    The outcome of each future reaches the coroutine when it resumes; cancelling the awaiting
+    task closes the coroutine."""
+    while True:
+        if blocker is None:
+            await asyncio.sleep(0)
+        else:
+            # What a task does with a future its coroutine yields: take over the "blocking"
+            # mark the coroutine's await set, so this task can await the same future.
+            blocker._asyncio_future_blocking = False
+            try:
+                await blocker
+            except BaseException:
+                if not blocker.done():  # this task was cancelled, not the future
+                    coro.close()
+                    raise
+        try:
+            blocker = coro.send(None)
+        except StopIteration:
+            return
