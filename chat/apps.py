@@ -7,9 +7,11 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from core.db import db_call
+        from core.runtime import runtime
         from realtime.router import router
 
-        from . import checks, selectors, streams
+        from . import checks, revocation, selectors, streams
 
         assert checks  # registers the system checks
         router.set_stream_source(streams.fetch_messages, db_call(selectors.latest_seqs))
+        runtime.register_loop("chat.credential-check", revocation.run_credential_check_loop)

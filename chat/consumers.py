@@ -17,7 +17,7 @@ from core.errors import Invalid, RateLimited
 from realtime.consumer import RealtimeConsumer
 from realtime.protocol import encode
 
-from . import presenters, ratelimit, schemas, selectors, services
+from . import presenters, ratelimit, revocation, schemas, selectors, services, socket_cap
 
 assert schemas  # the frames' schemas are registered with the protocol on import
 
@@ -29,6 +29,18 @@ FRAME_BUDGETS = {"ping": "ping", "resume": "resume", "presence.sync": "presence_
 
 class ChatConsumer(RealtimeConsumer):
     resume_running: bool = False
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        """The cap on sockets per user first; once connected, the socket's credential is
+        re-checked periodically (chat/revocation.py)."""
+        user: Any = self.scope.get("user")
+        known = bool(user is not None and user.is_authenticated and user.is_active)
+        if known and await socket_cap.over_cap(int(user.pk)):
+            await self._refuse(socket_cap.CLOSE_TOO_MANY_SOCKETS)
+            return
+        await super().websocket_connect(message)
+        if known and self.registered and self.session is not None:
+            revocation.track(self.session, revocation.credential_for(self.scope, user))
 
     async def topics(self) -> dict[str, int]:
         """The user's conversations and the latest seq of each."""

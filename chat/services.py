@@ -21,7 +21,7 @@ from core.validation import check_text
 from . import events, ratelimit
 from .models import CLIENT_MSG_ID_MAX_CHARS, TITLE_MAX_CHARS, Conversation, Message, Participant
 from .ratelimit import check_send_rate
-from .selectors import conversation_for, parse_conversation_id
+from .selectors import active_participant, conversation_for, parse_conversation_id, raise_not_participant
 
 User = get_user_model()
 
@@ -43,17 +43,30 @@ class ReadResult:
 # --- Conversations and participants ---------------------------------------------------------
 
 
-def _user_ids(raw: Any, field: str) -> list[int]:
+def addable_users(*, actor_id: int, user_ids: list[int]) -> set[int]:
+    """Those of ``user_ids`` the actor may put into a conversation: active users, and under
+    CONVERSATION_ADD_POLICY=contacts only those who already share a conversation with them."""
+    qs = User.objects.filter(pk__in=user_ids, is_active=True)
+    if settings.CONVERSATION_ADD_POLICY == "contacts":
+        mine = Participant.objects.filter(user_id=actor_id).values("conversation_id")
+        qs = qs.filter(pk__in=Participant.objects.filter(conversation_id__in=mine).values("user_id"))
+    return set(qs.values_list("pk", flat=True))
+
+
+def _user_ids(raw: Any, field: str, *, actor_id: int) -> list[int]:
     if not isinstance(raw, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
         raise Invalid.field(field, "Must be a list of user ids.")
     if len(raw) > 1000:
         raise Invalid.field(field, "At most 1000 participants at creation.")
-    ids = list(dict.fromkeys(raw))
-    found = set(User.objects.filter(pk__in=ids, is_active=True).values_list("pk", flat=True))
-    missing = [i for i in ids if i not in found]
-    if missing:
-        raise Invalid.field(field, f"Unknown users: {', '.join(map(str, missing))}.")
+    ids = [i for i in dict.fromkeys(raw) if i != actor_id]
+    # One answer for an id that does not exist, a deactivated user and one the policy
+    # refuses, and never which ids: the error reveals nothing about who exists.
+    if len(addable_users(actor_id=actor_id, user_ids=ids)) != len(ids):
+        raise Invalid.field(field, CANNOT_ADD)
     return ids
+
+
+CANNOT_ADD = "Some of these users cannot be added to a conversation by you."
 
 
 @transaction.atomic
@@ -63,7 +76,7 @@ def conversation_create(*, creator_id: int, title: str = "", participant_ids: An
         raise Invalid.field("title", f"Must be a string of at most {TITLE_MAX_CHARS} characters.")
     check_text(title, "title")
     ratelimit.check("conversation", user_id=creator_id)
-    ids = [i for i in _user_ids(participant_ids, "participant_ids") if i != creator_id]
+    ids = _user_ids(participant_ids, "participant_ids", actor_id=creator_id)
     conversation = Conversation.objects.create(title=title.strip(), owner_id=creator_id)
     Participant.objects.create(conversation=conversation, user_id=creator_id, role=Participant.Role.OWNER)
     Participant.objects.bulk_create([Participant(conversation=conversation, user_id=i) for i in ids])
@@ -83,8 +96,8 @@ def participant_add(*, actor_id: int, conversation_id: object, user_id: Any) -> 
         raise PermissionDenied("Only the owner adds participants.")
     if not isinstance(user_id, int) or isinstance(user_id, bool):
         raise Invalid.field("user_id", "Must be a user id.")
-    if not User.objects.filter(pk=user_id, is_active=True).exists():
-        raise Invalid.field("user_id", "No such user.")
+    if user_id not in addable_users(actor_id=actor_id, user_ids=[user_id]):
+        raise Invalid.field("user_id", CANNOT_ADD)
     participant, created = Participant.objects.get_or_create(conversation=conversation, user_id=user_id)
     if created:
         conversation = Conversation.objects.prefetch_related("participants__user").get(pk=conversation.pk)
@@ -179,18 +192,20 @@ def _original(cid: uuid.UUID, sender_id: int, client_msg_id: str) -> Message | N
 def _check_participant(cid: uuid.UUID, user_id: int) -> None:
     if not Conversation.objects.filter(pk=cid).exists():
         raise NotFound("No such conversation.")
-    if not Participant.objects.filter(conversation_id=cid, user_id=user_id).exists():
-        raise NotParticipant()
+    if not active_participant(conversation_id=cid, user_id=user_id):
+        raise_not_participant(user_id=user_id)
 
 
 def _send_sql() -> str:
     # Only table names from the models' own metadata are formatted in; values are parameters.
-    conv, part, msg = Conversation._meta, Participant._meta, Message._meta
+    conv, part, msg, user = Conversation._meta, Participant._meta, Message._meta, User._meta
     return f"""
 WITH c AS (
     UPDATE {conv.db_table} SET last_seq = last_seq + 1, last_message_at = %(now)s
     WHERE id = %(cid)s AND EXISTS (
         SELECT 1 FROM {part.db_table} WHERE conversation_id = %(cid)s AND user_id = %(sender)s
+    ) AND EXISTS (
+        SELECT 1 FROM {user.db_table} WHERE {user.pk.column} = %(sender)s AND {user.get_field("is_active").column}
     )
     RETURNING last_seq
 )
@@ -248,8 +263,8 @@ def _send_locked(cid: uuid.UUID, sender_id: int, body: str, client_msg_id: str |
     conversation = Conversation.objects.select_for_update().only("id", "last_seq").filter(pk=cid).first()
     if conversation is None:
         raise NotFound("No such conversation.")
-    if not Participant.objects.filter(conversation_id=cid, user_id=sender_id).exists():
-        raise NotParticipant()
+    if not active_participant(conversation_id=cid, user_id=sender_id):
+        raise_not_participant(user_id=sender_id)
     if client_msg_id is not None:
         original = _original(cid, sender_id, client_msg_id)
         if original is not None:

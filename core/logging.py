@@ -22,10 +22,19 @@ _SECRET_KEYS = {"token", "ticket", "password", "body", "authorization", "cookie"
 # Authorization header value quoted in a message.
 _SECRET_PARAM = re.compile(r"(?i)(\b(?:ticket|token|access_token|password|api_key|key)=)[^&\s\"']+")
 _SECRET_SCHEME = re.compile(r"(\b(?:Token|Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}")
+# At DEBUG the WebSocket libraries log the handshake's headers ("< cookie: sessionid=…") and
+# every frame ("< TEXT '{…}' [54 bytes]"): headers that carry credentials lose their value,
+# frames their payload (message bodies are user data), keeping direction, kind and size.
+_SECRET_HEADER = re.compile(
+    r"(?im)^([<>]?\s*(?:(?:set-)?cookie:|(?:proxy-)?authorization:(?:\s*[A-Za-z]+(?=\s))?)\s*).*$"
+)
+_FRAME = re.compile(r"(?m)^([<>] (?:TEXT|BINARY|CONT)\b)(.*?)(\s*\[\d+ bytes?\])?$")
 
 
 def redact(text: str) -> str:
-    """Mask credentials that a third-party log message may carry."""
+    """Mask credentials (and frame payloads) that a third-party log message may carry."""
+    text = _SECRET_HEADER.sub(r"\1[redacted]", text)
+    text = _FRAME.sub(lambda m: f"{m.group(1)} [payload redacted]{m.group(3) or ''}", text)
     return _SECRET_SCHEME.sub(r"\1[redacted]", _SECRET_PARAM.sub(r"\1[redacted]", text))
 
 

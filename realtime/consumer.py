@@ -202,7 +202,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _refuse(self, code: int) -> None:
         await self.accept()
         await self.close(code=int(code))
-        metrics.DISCONNECTS.labels(code=str(int(code))).inc()
+        metrics.DISCONNECTS.labels(code=metrics.close_code_label(int(code))).inc()
         logger.info("refused", extra={"close_code": int(code)})
 
     def _registry_entry(self) -> Connection:
@@ -248,7 +248,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             logger.warning("registry removal failed", extra={"error": exc.__class__.__name__})
         # Our own close code, unless a write failed (then the client's, or 1006 if none came).
         close_code = code if session.closing in (None, CloseCode.ABNORMAL) else session.closing
-        metrics.DISCONNECTS.labels(code=str(close_code)).inc()
+        metrics.DISCONNECTS.labels(code=metrics.close_code_label(close_code)).inc()
         duration = round(time.monotonic() - self.connected_at, 3)
         logger.info("disconnected", extra={"close_code": close_code, "duration_s": duration})
 

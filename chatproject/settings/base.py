@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files, not a CDN
     "realtime",
     "chat",
     "presence",
@@ -68,6 +69,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "chat.middleware.ApplicationErrorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -296,6 +298,27 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 # --- Auth, REST framework, OpenAPI ----------------------------------------------------------
 
+# Every authenticate() (the token login, the admin login, anything else) goes through the
+# throttled backend: failed attempts per account and attempts per client address.
+AUTHENTICATION_BACKENDS = ["chat.backends.ThrottledModelBackend"]
+LOGIN_RATE_LIMIT_ACCOUNT = env_str("LOGIN_RATE_LIMIT_ACCOUNT", "5/m burst 10")
+LOGIN_ACCOUNT_PER_SECOND, LOGIN_ACCOUNT_BURST = parse_rate("LOGIN_RATE_LIMIT_ACCOUNT", LOGIN_RATE_LIMIT_ACCOUNT)
+LOGIN_RATE_LIMIT_ADDRESS = env_str("LOGIN_RATE_LIMIT_ADDRESS", "30/m burst 30")
+LOGIN_ADDRESS_PER_SECOND, LOGIN_ADDRESS_BURST = parse_rate("LOGIN_RATE_LIMIT_ADDRESS", LOGIN_RATE_LIMIT_ADDRESS)
+# API tokens expire this long after they were issued (0: never); an expired one is a 401 over
+# HTTP and a 4401 close on the socket, and the next login issues a new one.
+TOKEN_TTL_SECONDS = env_int("TOKEN_TTL_SECONDS", 30 * 24 * 3600, minimum=0)
+# How often each instance re-checks the credentials of its live sockets (deactivated, deleted,
+# password changed, token deleted or expired, even by a bulk update that fires no signal).
+CREDENTIAL_CHECK_SECONDS = env_float("CREDENTIAL_CHECK_SECONDS", 1.0, minimum=0.1)
+# Who may put whom into a conversation: "open" (any active user) or "contacts" (only users
+# who already share a conversation with the actor).
+CONVERSATION_ADD_POLICY = env_str("CONVERSATION_ADD_POLICY", "open").lower()
+if CONVERSATION_ADD_POLICY not in {"open", "contacts"}:
+    raise ConfigError("CONVERSATION_ADD_POLICY", f"expected open or contacts, got {CONVERSATION_ADD_POLICY!r}")
+# Live sockets one user may hold across the cluster; the next handshake is closed with 4429.
+WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 20, minimum=1)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -306,7 +329,7 @@ AUTH_PASSWORD_VALIDATORS = [
 REST_FRAMEWORK = {
     # Token first, so an unauthenticated call gets 401 with a WWW-Authenticate header.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "chat.authentication.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -327,6 +350,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "HTTP API of the chat backend. Every WebSocket action has an endpoint here.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "core.openapi.add_error_responses"],
 }
 
 # --- I18N, static ---------------------------------------------------------------------------

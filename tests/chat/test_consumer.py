@@ -111,7 +111,9 @@ async def test_session_cookie_needs_allowed_origin(trio, settings):
     cookie = (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode())
     no_origin, _, _ = await _raw_connect(headers=[cookie])
     assert (await no_origin.receive_output(3))["code"] == 4401
-    good, connected, _ = await _raw_connect(headers=[cookie, (b"origin", b"http://localhost:8000")])
+    good, connected, _ = await _raw_connect(
+        headers=[cookie, (b"host", b"localhost:8000"), (b"origin", b"http://localhost:8000")]
+    )
     assert connected
     assert json.loads((await good.receive_output(3))["text"])["type"] == "hello"
     await good.disconnect()
