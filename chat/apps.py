@@ -9,7 +9,9 @@ class ChatConfig(AppConfig):
         from core.db import db_call
         from realtime.router import router
 
-        from . import checks, selectors, streams
+        from . import authcache, checks, selectors, streams, topics
 
         assert checks  # registers the system checks
+        authcache.connect_signals()
+        topics.connect_signals()
         router.set_stream_source(streams.fetch_messages, db_call(selectors.latest_seqs))

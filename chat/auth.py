@@ -22,6 +22,8 @@ from django.utils.http import is_same_domain
 
 from core.db import db_call
 
+from . import authcache
+
 
 class OptionalOriginValidator(OriginValidator):
     """Like channels' AllowedHostsOriginValidator, but a missing Origin is let through (and
@@ -92,7 +94,7 @@ async def authenticate_scope(scope: dict[str, Any]) -> tuple[Any, str]:
     if authorization:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() == "token" and key.strip():
-            user = await db_call(_user_for_token)(key.strip())
+            user = await authcache.user_for_token(key.strip(), db_call(_user_for_token))
             return (user or AnonymousUser()), "token"
         return AnonymousUser(), "token"
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))

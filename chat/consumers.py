@@ -18,14 +18,23 @@ from realtime.consumer import RealtimeConsumer
 from realtime.protocol import encode
 
 from . import presenters, schemas, selectors, services
+from . import topics as topic_cache
 
 assert schemas  # the frames' schemas are registered with the protocol on import
 
 
 class ChatConsumer(RealtimeConsumer):
     async def topics(self) -> dict[str, int]:
-        """The user's conversations and the latest seq of each."""
-        return await db_call(selectors.conversation_seqs)(user_id=self.user_id)
+        """The user's conversations and the latest seq of each (from Redis; chat/topics.py)."""
+        return await topic_cache.conversation_seqs(self.user_id, _load_conversation_seqs, _load_latest_seqs)
+
+
+_load_latest_seqs = db_call(selectors.latest_seqs)
+_conversation_seqs = db_call(selectors.conversation_seqs)
+
+
+async def _load_conversation_seqs(user_id: int) -> dict[str, int]:
+    return await _conversation_seqs(user_id=user_id)
 
 
 def _required(data: dict[str, Any], name: str) -> Any:

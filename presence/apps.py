@@ -11,7 +11,7 @@ class PresenceConfig(AppConfig):
 
         from core.runtime import runtime
 
-        from . import consumers, firestore, loops
+        from . import consumers, firestore, loops, online
         from .signals import close_sockets_of_deactivated_user
 
         assert consumers  # registers presence's frame handlers and connection hook
@@ -19,4 +19,6 @@ class PresenceConfig(AppConfig):
             close_sockets_of_deactivated_user, sender=get_user_model(), dispatch_uid="presence-deactivate"
         )
         runtime.register_loop("presence.grace", loops.grace_loop)
+        runtime.register_loop("presence.online-batch", online.batcher.run)
+        runtime.on_drain("presence.online-batch", online.batcher.flush)
         runtime.register_loop("presence.firestore-sync", firestore.run_sync_loop)
