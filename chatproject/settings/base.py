@@ -217,6 +217,11 @@ DRAIN_NOTICE_SECONDS = env_float("DRAIN_NOTICE_SECONDS", 1.0)
 if DRAIN_NOTICE_SECONDS > 5:
     raise ConfigError("DRAIN_NOTICE_SECONDS", "at most 5 (an instance exits within 10 s of SIGTERM)")
 WS_RECONNECT_WINDOW_MS = env_int("WS_RECONNECT_WINDOW_MS", 10000, minimum=0)
+# Admission: above these an instance refuses handshakes with HTTP 503 and Retry-After (the
+# balancer tries another instance) rather than let every connect crawl; 0 turns a limit off.
+# The rate is about what one instance on one core takes without its connects slowing down.
+WS_MAX_CONNECTS_PER_SECOND = env_int("WS_MAX_CONNECTS_PER_SECOND", 500, minimum=0)
+WS_MAX_SOCKETS = env_int("WS_MAX_SOCKETS", 20000, minimum=0)
 
 # --- Firestore ------------------------------------------------------------------------------
 
