@@ -829,7 +829,9 @@ class Bench:
         cpu0 = proc_cpu(pid)
         per = (total + len(workers) - 1) // len(workers)
         conc = max(1, a.connect_concurrency // len(workers))
+        spies = self.start_profilers(f"{target}-s3-back", self.servers[-1:], a.profile_duration) if a.profile else []
         res = call_all(workers, "connect", timeout=a.idle_timeout, upto=per, concurrency=conc)
+        profiles = [self.finish_profiler(*spy) for spy in spies]
         elapsed = max(r["finished"] for r in res) - min(r["started"] for r in res)
         added = sum(r["connected"] for r in res)
         cpu = proc_cpu(pid) - cpu0
@@ -846,6 +848,8 @@ class Bench:
             "server_cpu_ms_per_connect": cpu / added * 1000 if added else float("nan"),
             "db_xacts_per_connect": (xa1 - xa0) / added if xa0 >= 0 and xa1 >= 0 and added else None,
         }
+        if profiles:
+            out["profiles"] = profiles
         log(
             f"{target} S3 returning: {added} reconnects at {out['connects_per_s']:.0f}/s, "
             f"{out['server_cpu_ms_per_connect']:.2f} ms CPU each, database transactions per connect "

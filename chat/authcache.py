@@ -22,6 +22,7 @@ from django.db import transaction
 from redis.exceptions import RedisError
 
 from core import guarded_cache, redis_client
+from realtime.admission import connect_slots
 
 logger = logging.getLogger("chat.authcache")
 
@@ -44,7 +45,14 @@ def _entry(user: Any) -> str:
 
 
 async def user_for_token(token_key: str, load: Callable[[str], Awaitable[Any]]) -> Any:
-    """The user of ``token_key`` (None when no such token), from the cache or ``load``."""
+    """The user of ``token_key`` (None when no such token), from the cache or ``load``. Runs in
+    one of the instance's connect slots (realtime.admission): a storm of handshakes would
+    otherwise ask Redis all at once, beyond its connection pool."""
+    async with connect_slots.get():
+        return await _user_for_token(token_key, load)
+
+
+async def _user_for_token(token_key: str, load: Callable[[str], Awaitable[Any]]) -> Any:
     if not redis_client.cluster_mode():
         return await load(token_key)
     tag = _tag(token_key)
