@@ -17,6 +17,7 @@ from channels.auth import get_user
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.db.models import F
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
@@ -25,6 +26,8 @@ from core.db import db_call
 from core.errors import dependency_fault
 from realtime.admission import refuse
 from realtime.protocol import CloseCode
+
+from . import authcache
 
 
 class OptionalOriginValidator:
@@ -139,7 +142,8 @@ def _user_for_token(key: str) -> Any:
     cutoff = token_cutoff()
     if cutoff is not None:
         qs = qs.filter(auth_token__created__gte=cutoff)
-    return qs.only(*fields).first()
+    # The token's age goes into the auth cache (chat/authcache.py), which expires it the same way.
+    return qs.only(*fields).annotate(token_created=F("auth_token__created")).first()
 
 
 def _user_for_ticket(ticket: str) -> Any:
@@ -160,7 +164,7 @@ async def authenticate_scope(scope: dict[str, Any]) -> tuple[Any, str, dict[str,
     if authorization:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() == "token" and key.strip():
-            user = await db_call(_user_for_token)(key.strip())
+            user = await authcache.user_for_token(key.strip(), db_call(_user_for_token))
             return (user or AnonymousUser()), "token", {"auth_token": key.strip()}
         return AnonymousUser(), "token", {}
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))

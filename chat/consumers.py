@@ -18,6 +18,7 @@ from realtime.consumer import RealtimeConsumer
 from realtime.protocol import encode
 
 from . import presenters, ratelimit, revocation, schemas, selectors, services, socket_cap
+from . import topics as topic_cache
 
 assert schemas  # the frames' schemas are registered with the protocol on import
 
@@ -43,8 +44,16 @@ class ChatConsumer(RealtimeConsumer):
             revocation.track(self.session, revocation.credential_for(self.scope, user))
 
     async def topics(self) -> dict[str, int]:
-        """The user's conversations and the latest seq of each."""
-        return await db_call(selectors.conversation_seqs)(user_id=self.user_id)
+        """The user's conversations and the latest seq of each (from Redis; chat/topics.py)."""
+        return await topic_cache.conversation_seqs(self.user_id, _load_conversation_seqs, _load_latest_seqs)
+
+
+_load_latest_seqs = db_call(selectors.latest_seqs)
+_conversation_seqs = db_call(selectors.conversation_seqs)
+
+
+async def _load_conversation_seqs(user_id: int) -> dict[str, int]:
+    return await _conversation_seqs(user_id=user_id)
 
     async def check_budget(self, frame_type: str) -> None:
         """The user's cluster-wide budget of this frame type (429 when spent)."""

@@ -18,7 +18,7 @@ from core import metrics, redis_client
 from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
 from core.validation import check_text
 
-from . import events, ratelimit
+from . import events, ratelimit, topics
 from .models import CLIENT_MSG_ID_MAX_CHARS, TITLE_MAX_CHARS, Conversation, Message, Participant
 from .ratelimit import check_send_rate
 from .selectors import active_participant, conversation_for, parse_conversation_id, raise_not_participant
@@ -80,6 +80,7 @@ def conversation_create(*, creator_id: int, title: str = "", participant_ids: An
     conversation = Conversation.objects.create(title=title.strip(), owner_id=creator_id)
     Participant.objects.create(conversation=conversation, user_id=creator_id, role=Participant.Role.OWNER)
     Participant.objects.bulk_create([Participant(conversation=conversation, user_id=i) for i in ids])
+    topics.memberships_changed(ids)  # bulk_create sends no signals
     conversation = Conversation.objects.prefetch_related("participants__user").get(pk=conversation.pk)
     for uid in [creator_id, *ids]:
         events.conversation_joined(conversation=conversation, user_id=uid)
@@ -251,6 +252,7 @@ def _send_one_statement(cid: uuid.UUID, sender_id: int, body: str, client_msg_id
     message._state.adding = False
     message._state.db = connection.alias
     metrics.MESSAGES_PERSISTED.inc()
+    topics.seq_advanced(cid, message.seq)  # raw SQL sends no signals; before the event's publish
     events.message_new(message)
     return SendResult(message, False)
 

@@ -214,6 +214,8 @@ class AppServer:
             str(self.port),
             "--ws-max-size",
             self.env.get("WS_MAX_FRAME_BYTES", "65536"),
+            "--ws-per-message-deflate",
+            self.env.get("WS_PER_MESSAGE_DEFLATE", "false"),
             "--timeout-graceful-shutdown",
             "5",
             "--no-access-log",

@@ -284,6 +284,11 @@ if DRAIN_NOTICE_SECONDS > 5:
 WS_RECONNECT_WINDOW_MS = env_int("WS_RECONNECT_WINDOW_MS", 10000, minimum=0)
 # Messages one resume frame may send in all; past it, resume.truncated (the client pages).
 RESUME_MAX_TOTAL_MESSAGES = env_int("RESUME_MAX_TOTAL_MESSAGES", 10000, minimum=1)
+# Admission: above these an instance refuses handshakes with HTTP 503 and Retry-After (the
+# balancer tries another instance) rather than let every connect crawl; 0 turns a limit off.
+# The rate is about what one instance on one core takes without its connects slowing down.
+WS_MAX_CONNECTS_PER_SECOND = env_int("WS_MAX_CONNECTS_PER_SECOND", 500, minimum=0)
+WS_MAX_SOCKETS = env_int("WS_MAX_SOCKETS", 20000, minimum=0)
 
 # --- Firestore ------------------------------------------------------------------------------
 
