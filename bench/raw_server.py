@@ -10,6 +10,7 @@ No persistence, no authorization beyond a token lookup in the dict it is given.
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import uuid
@@ -36,10 +37,8 @@ async def main(args: argparse.Namespace) -> None:
         async for m in pubsub.listen():
             if m["type"] == "message" and m["channel"].startswith("raw:c:"):
                 for ws in list(local.get(m["channel"][6:], ())):
-                    try:
+                    with contextlib.suppress(ConnectionClosed):
                         await ws.send(m["data"])
-                    except ConnectionClosed:
-                        pass
 
     async def handler(ws) -> None:
         user = tokens.get(ws.request.headers.get("Authorization", "").partition(" ")[2])

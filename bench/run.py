@@ -124,7 +124,7 @@ class ChatServer(AppServer):
     deflate = False
 
     def start(self) -> ChatServer:
-        self.log = open(self.log_path, "ab")
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             self.command(), env=self.env, cwd=self.source, stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -617,7 +617,8 @@ class Bench:
         a = self.args
         servers: list[AppServer] = ctx["servers"]
         pids = [s.proc.pid for s in servers if s.proc]
-        assert self.redis is not None and self.redis.proc is not None
+        assert self.redis is not None
+        assert self.redis.proc is not None
         own = self.own_pids()
         own0 = sum(proc_cpu(p) for p in own)
         cpu0 = [proc_cpu(p) for p in pids]
@@ -1142,9 +1143,7 @@ def summarise_profile(text: str, top: int = 25) -> dict[str, Any]:
 
 def _get(d: Any, *path: Any, default: Any = None) -> Any:
     for p in path:
-        if isinstance(d, dict) and p in d:
-            d = d[p]
-        elif isinstance(d, list) and isinstance(p, int) and -len(d) <= p < len(d):
+        if (isinstance(d, dict) and p in d) or (isinstance(d, list) and isinstance(p, int) and -len(d) <= p < len(d)):
             d = d[p]
         else:
             return default

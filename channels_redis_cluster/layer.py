@@ -49,6 +49,7 @@ import types
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from re import Pattern
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -73,7 +74,7 @@ def parse_hosts(hosts: Iterable[str | dict[str, Any]] | None) -> tuple[list[tupl
     nodes: list[tuple[str, int]] = []
     options: dict[str, Any] = {}
     if isinstance(hosts, str | bytes):
-        raise ValueError("hosts must be a list of URLs or dicts, even for one node")
+        raise ValueError("hosts must be a list of URLs or dicts, even for one node")  # noqa: TRY004
     for host in hosts or ["redis://localhost:6379"]:
         if isinstance(host, dict):
             nodes.append((str(host.get("host", "localhost")), int(host.get("port", 6379))))
@@ -114,7 +115,7 @@ class RedisClusterChannelLayer(BaseChannelLayer):
         topology_interval: float = 2.0,
         expiry: int = 60,
         capacity: int = 100,
-        channel_capacity: dict[str, int] | None = None,
+        channel_capacity: dict[Pattern[str] | str, int] | None = None,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         self.prefix = prefix
@@ -284,7 +285,7 @@ class _NodeSubscriber:
                 # MOVED (the slot is elsewhere now) or any refusal of a subscription.
                 self.layer.schedule_resync(f"{type(exc).__name__} from {self.name}")
                 continue
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 self.layer.node_failed(self, type(exc).__name__)
                 return
             if reply == b"PONG":  # RESP3 answers PING in pub/sub mode as to any PING
@@ -316,7 +317,7 @@ class _NodeSubscriber:
                 await self._write([("PING",)])
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 self.layer.node_failed(self, type(exc).__name__)
                 return
             await asyncio.sleep(interval)
@@ -332,13 +333,13 @@ class _NodeSubscriber:
                 task.cancel()
         for task in self.tasks:
             if task is not current:
-                try:
+                try:  # noqa: SIM105
                     await task
-                except BaseException:  # noqa: S110 - cancelled or failed; it is being dropped
+                except BaseException:  # noqa: BLE001, S110
                     pass
-        try:
+        try:  # noqa: SIM105
             await self.conn.disconnect(nowait=True)
-        except Exception:  # noqa: S110 - the connection is dead already
+        except Exception:  # noqa: BLE001, S110
             pass
 
 
@@ -412,7 +413,7 @@ class _LoopLayer:
             try:
                 sub = await self._node(owners[name])
                 await sub.subscribe(group)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 for shard in group:
                     self.placement.pop(shard, None)
                 self.schedule_resync(f"subscribe on {name} failed: {type(exc).__name__}")
@@ -437,7 +438,7 @@ class _LoopLayer:
             if sub is not None:
                 try:
                     await sub.unsubscribe([shard])
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001
                     self.node_failed(sub, type(exc).__name__)
 
     # --- the API, per loop ----------------------------------------------------------------------
@@ -491,9 +492,9 @@ class _LoopLayer:
         for task in (self._resync_task, self._topology_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
-                try:
+                try:  # noqa: SIM105
                     await task
-                except BaseException:  # noqa: S110 - cancelled
+                except BaseException:  # noqa: BLE001, S110
                     pass
         self._resync_task = self._topology_task = None
         self.channels = {}
@@ -565,7 +566,7 @@ class _LoopLayer:
                     await self._resync_once()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 self._dirty = True
                 logger.warning(
                     "redis cluster layer resubscribe failed", extra={"attempt": attempts, "error": type(exc).__name__}
@@ -603,7 +604,7 @@ class _LoopLayer:
                 if name in self.nodes:
                     try:
                         await self.nodes[name].unsubscribe(shards)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001
                         self.node_failed(self.nodes[name], type(exc).__name__)
             await self._place(moves)
         if self._dirty:
@@ -625,7 +626,7 @@ class _LoopLayer:
                 await client.nodes_manager.initialize()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 logger.warning("redis cluster layer topology check failed", extra={"error": type(exc).__name__})
                 continue
             for shard, name in list(self.placement.items()):

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import get_user
@@ -117,7 +117,7 @@ def _headers(scope: dict[str, Any]) -> dict[str, str]:
 
 async def _deny(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Refuse before accepting: the ASGI server answers the handshake with HTTP 403."""
-    await WebsocketDenier()(scope, receive, send)
+    await WebsocketDenier()(cast("Any", scope), receive, send)
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -175,7 +175,7 @@ async def authenticate_scope(scope: dict[str, Any]) -> tuple[Any, str, dict[str,
     if scope.get("origin_allowed"):
         session = _session(scope)
         if session is not None:
-            return await get_user({"session": session}), "session", {"auth_session": session.session_key}
+            return await get_user(cast("Any", {"session": session})), "session", {"auth_session": session.session_key}
     return AnonymousUser(), "none", {}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.typing import WebSocketConnectEvent
 from django.conf import settings
 
 from core.db import db_call
@@ -31,7 +32,7 @@ FRAME_BUDGETS = {"ping": "ping", "resume": "resume", "presence.sync": "presence_
 class ChatConsumer(RealtimeConsumer):
     resume_running: bool = False
 
-    async def websocket_connect(self, message: dict[str, Any]) -> None:
+    async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
         """The cap on sockets per user first; once connected, the socket's credential is
         re-checked periodically (chat/revocation.py)."""
         user: Any = self.scope.get("user")

@@ -46,14 +46,14 @@ def publish(groups: list[str], message: Envelope | dict[str, Any]) -> None:
         return
     try:
         async_to_sync(bus.publish)(groups, payload)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         _publish_failed(groups, exc)
 
 
 async def _publish_on_loop(groups: list[str], message: dict[str, Any]) -> None:
     try:
         await bus.publish(groups, message)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         _publish_failed(groups, exc)
 
 

@@ -53,7 +53,7 @@ def _take(bucket: str, rate: float, burst: int, cost: float) -> tuple[bool, floa
     now = time.time()
     if redis_client.cluster_mode():
         try:
-            allowed, wait = redis_client.get_sync().eval(_BUCKET_LUA, 1, bucket, rate, burst, now, cost)  # type: ignore[misc]
+            allowed, wait = redis_client.get_sync().eval(_BUCKET_LUA, 1, bucket, rate, burst, now, cost)
         except RedisError:
             # Fail closed: without the shared budget a guesser could spread over instances.
             raise Unavailable("Sign-in is briefly unavailable.", retry_after=1.0) from None

@@ -101,7 +101,7 @@ def check(budget: str, *, user_id: int) -> None:
     if redis_client.cluster_mode():
         # Waits out a short failover (then 503): the send goes through rather than failing.
         allowed, wait = redis_client.with_failover_retry(
-            lambda client: client.eval(_BUCKET_LUA, 1, bucket, rate, burst, now, 1)  # type: ignore[arg-type,return-value]
+            lambda client: client.eval(_BUCKET_LUA, 1, bucket, rate, burst, now, 1)
         )
         ok, retry_after = bool(int(allowed)), float(wait)
     else:
@@ -117,7 +117,7 @@ async def acheck(budget: str, *, user_id: int) -> None:
     bucket = redis_client.key("rl", budget, user_id)
     if redis_client.cluster_mode():
         client = redis_client.get_async()
-        allowed, wait = await client.eval(_BUCKET_LUA, 1, bucket, rate, burst, now, 1)  # type: ignore[misc]
+        allowed, wait = await client.eval(_BUCKET_LUA, 1, bucket, rate, burst, now, 1)
         ok, retry_after = bool(int(allowed)), float(wait)
     else:
         ok, retry_after = _take_local(bucket, rate, burst, now)
@@ -146,7 +146,7 @@ def changed(*parts: object, state: str, lifetime_seconds: float) -> bool:
     key = redis_client.key("last", *parts)
     lifetime_ms = max(1, int(lifetime_seconds * 1000))
     if redis_client.cluster_mode():
-        return bool(int(redis_client.get_sync().eval(_CHANGED_LUA, 1, key, state, lifetime_ms)))  # type: ignore[misc]
+        return bool(int(redis_client.get_sync().eval(_CHANGED_LUA, 1, key, state, lifetime_ms)))
     now = time.monotonic()
     with _local_lock:
         last = _local_last.get(key)

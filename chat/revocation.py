@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
@@ -57,7 +57,7 @@ def password_mark(password: str) -> str:
     return salted_hmac("chat.revocation.password", password or "", algorithm="sha256").hexdigest()
 
 
-def credential_for(scope: dict[str, Any], user: Any) -> Credential:
+def credential_for(scope: Mapping[str, Any], user: Any) -> Credential:
     return Credential(
         user_id=int(user.pk),
         method=str(scope.get("auth_method") or "none"),
@@ -104,11 +104,11 @@ def verdicts(credentials: list[Credential]) -> dict[Credential, int]:
             out[cred] = CLOSE_NOT_AUTHENTICATED
         elif not state[0]:
             out[cred] = CLOSE_DEACTIVATED
-        elif state[1] != cred.password_mark:
-            out[cred] = CLOSE_NOT_AUTHENTICATED
-        elif cred.token_key and (cred.token_key, cred.user_id) not in live_tokens:
-            out[cred] = CLOSE_NOT_AUTHENTICATED
-        elif cred.session_key and cred.session_key not in live_sessions:
+        elif (
+            state[1] != cred.password_mark
+            or (cred.token_key and (cred.token_key, cred.user_id) not in live_tokens)
+            or (cred.session_key and cred.session_key not in live_sessions)
+        ):
             out[cred] = CLOSE_NOT_AUTHENTICATED
     return out
 
@@ -169,5 +169,5 @@ async def run_credential_check_loop() -> None:
             await check_local()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             logger.warning("credential check failed", extra={"error": exc.__class__.__name__})

@@ -3,5 +3,5 @@ from django.urls import path
 from .consumers import ChatConsumer
 
 websocket_urlpatterns = [
-    path("ws/chat/", ChatConsumer.as_asgi()),
+    path("ws/chat/", ChatConsumer.as_asgi()),  # type: ignore[arg-type]  # an ASGI app, as channels routes it
 ]

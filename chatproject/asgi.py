@@ -24,12 +24,13 @@ from realtime.admission import AdmissionGate  # noqa: E402
 patch_daphne()
 log_startup()
 
+# channels routes Django URL patterns to ASGI apps (its stubs type only its own routes).
+ws_router = URLRouter(websocket_urlpatterns)  # type: ignore[arg-type]
+
 application = ProtocolTypeRouter(
     {
         "http": RuntimeStarter(django_asgi_app),
-        "websocket": RuntimeStarter(
-            AdmissionGate(OptionalOriginValidator(WebSocketAuthStack(URLRouter(websocket_urlpatterns))))
-        ),
+        "websocket": RuntimeStarter(AdmissionGate(OptionalOriginValidator(WebSocketAuthStack(ws_router)))),
         "lifespan": LifespanApp(),
     }
 )

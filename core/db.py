@@ -67,8 +67,8 @@ def db_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         try:
             result = func(*args, **kwargs)
             _mark_connections_used()
-            return True, result, work
-        except Exception as exc:
+            return True, result, work  # noqa: TRY300
+        except Exception as exc:  # noqa: BLE001
             return False, exc, work
         finally:
             _loop_work.reset(token)

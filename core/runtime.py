@@ -141,7 +141,7 @@ class Runtime:
         for named in self._drain_hooks:
             try:
                 await asyncio.wait_for(named.hook(), DRAIN_HOOK_TIMEOUT_SECONDS)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 logger.warning("drain step failed", extra={"step": named.name, "error": exc.__class__.__name__})
 
     def _install_sigterm(self) -> None:
@@ -166,7 +166,7 @@ class Runtime:
             async def run() -> None:
                 try:
                     await asyncio.wait_for(self.drain(), DRAIN_TIMEOUT_SECONDS)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001
                     logger.warning("drain did not finish", extra={"error": exc.__class__.__name__})
                 finally:
                     if callable(previous):
@@ -177,7 +177,7 @@ class Runtime:
             loop.call_soon_threadsafe(lambda: loop.create_task(run(), context=contextvars.Context()))
 
         handler._chat_runtime = True  # type: ignore[attr-defined]
-        try:
+        try:  # noqa: SIM105
             signal.signal(signal.SIGTERM, handler)
         except ValueError:  # not the main thread (tests)
             pass
@@ -200,7 +200,7 @@ class LifespanApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await runtime.ensure_started()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001
                     # Redis or the database away at boot: serve anyway (health says so); the
                     # first request or socket tries again.
                     logger.warning(
@@ -236,7 +236,7 @@ class RuntimeStarter:
     async def _start(self) -> None:
         try:
             await runtime.ensure_started()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             logger.warning("runtime start failed", extra={"error": exc.__class__.__name__})
         finally:
             self._starting = None

@@ -40,7 +40,7 @@ class FirestoreEmulator:
     def __init__(self, project: str = "chat-test") -> None:
         self.project = project
         self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkdtemp(prefix="chat-firestore-")) / "emulator.log"
 
     @property

@@ -26,7 +26,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -52,7 +52,7 @@ class RedisServer:
     def __init__(self, port: int | None = None, args: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.args = list(args or [])  # more redis-server options (--replicaof host port, ...)
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.dir = tempfile.mkdtemp(prefix="chat-test-redis-")
         # A server never stopped (a test run interrupted) still leaves no folder behind.
         atexit.register(shutil.rmtree, self.dir, ignore_errors=True)
@@ -186,7 +186,7 @@ class AppServer:
         self.port = free_port()
         self.env = dict(env, INSTANCE_ID=instance_id)
         self.log_path = log_dir / f"{instance_id}.log"
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         bindir = Path(sys.executable).parent
@@ -222,7 +222,7 @@ class AppServer:
         ]
 
     def start(self) -> AppServer:
-        self.log = open(self.log_path, "ab")
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(self.command(), env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, 30, self.proc)
         return self
@@ -301,7 +301,7 @@ class Nginx:
         self.upstreams = upstream_ports
         self.dir = work_dir
         self.template = conf if conf is not None else SHIPPED_NGINX_CONF.read_text()
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def access_log(self) -> Path:
@@ -317,8 +317,8 @@ class Nginx:
             raise RuntimeError("nginx is not installed (apt-get install nginx)")
         conf_path = self.dir / "nginx.conf"
         conf_path.write_text(render_nginx_conf(self.template, self.upstreams, self.port, self.dir))
-        self._out = open(self.access_log, "ab")
-        self._err = open(self.error_log, "ab")
+        self._out = open(self.access_log, "ab")  # noqa: SIM115
+        self._err = open(self.error_log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [binary, "-c", str(conf_path), "-p", str(self.dir), "-g", f"daemon off; pid {self.dir}/nginx.pid;"],
             stdout=self._out,

@@ -74,7 +74,7 @@ class ClusterNode:
     port: int
     dir: str
     password: str | None = None
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     frozen: bool = False
     extra_args: list[str] = field(default_factory=list)
     tls: dict[str, str] | None = None

@@ -38,7 +38,7 @@ class Sentinel:
                 ]
             )
         )
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Sentinel:
         self.proc = subprocess.Popen(

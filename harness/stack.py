@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif command in ("freeze", "thaw"):
                     stack.servers[name].signal(signal.SIGSTOP if command == "freeze" else signal.SIGCONT)
                 elif command != "status":
-                    raise ValueError(f"unknown command {command!r}")
+                    raise ValueError(f"unknown command {command!r}")  # noqa: TRY301
                 print(json.dumps({"ok": True, **stack.describe()}), flush=True)
             except (KeyError, ValueError, RuntimeError, TimeoutError, OSError, psycopg.Error) as exc:
                 print(json.dumps({"ok": False, "error": str(exc)}), flush=True)

@@ -70,7 +70,7 @@ async def _master_status(client: aiocluster.RedisCluster, node: aiocluster.Clust
         result: dict[str, Any] = {"status": "ok", "cluster_state": str(info.get("cluster_state", "unknown"))}
     except TimeoutError:
         result = {"status": "down", "error": "timeout"}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         result = {"status": "down", "error": exc.__class__.__name__}
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return result
@@ -83,7 +83,7 @@ async def _refresh_slot_map(client: aiocluster.RedisCluster) -> None:
     try:
         async with asyncio.timeout(5):
             await client.nodes_manager.initialize()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         logger.warning("redis cluster slot map refresh failed", extra={"error": exc.__class__.__name__})
 
 
@@ -132,7 +132,7 @@ async def timed(name: str, check: Callable[[], Awaitable[dict[str, Any] | None]]
         status, error = "down", "timeout"
     except CheckFailed as exc:
         status, error, details = "down", exc.error, exc.details
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         status, error = "down", exc.__class__.__name__
     result: dict[str, Any] = {"status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
     if details:

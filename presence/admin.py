@@ -39,7 +39,7 @@ def _registry_snapshot(request: HttpRequest) -> tuple[dict[str, Any], list[dict[
     message, not a 500 (the operator came here because something is wrong)."""
     try:
         return selectors.cluster_connections(), selectors.instances()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         logger.warning("registry unreadable from the admin", extra={"error": exc.__class__.__name__})
         messages.error(request, f"The connection registry is unreachable ({exc.__class__.__name__}).")
         return {"total": 0, "by_instance": {}, "users_online": 0, "connections": []}, []

@@ -67,7 +67,7 @@ def reset_client() -> None:
     if old is not None:
         try:
             old.close()
-        except Exception:  # closing a broken channel may fail too; nothing to do about it
+        except Exception:  # closing a broken channel may fail too; nothing to do about it  # noqa: BLE001
             logger.debug("closing the Firestore client failed")
 
 
@@ -98,7 +98,7 @@ def write_status(*, user_id: int, version: int, payload: dict[str, Any]) -> bool
                 retry=None,
                 timeout=CALL_TIMEOUT_SECONDS,
             )
-            return True
+            return True  # noqa: TRY300
         except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.Aborted):
             continue  # another writer got there first: read again and compare
     raise RuntimeError("Firestore write kept conflicting")
@@ -122,7 +122,7 @@ def sync_due(limit: int = BATCH) -> int:
     for row in rows:
         try:
             write_status(user_id=row.user_id, version=row.version, payload=row.payload)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             reset_client()
             attempts = row.attempts + 1
             delay = min(MAX_BACKOFF_SECONDS, 0.5 * (2 ** min(attempts, 10)))
@@ -158,7 +158,7 @@ async def run_sync_loop() -> None:
             attempted = await db_call(sync_due)() if enabled() else 0
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             logger.warning("status sync round failed", extra={"error": exc.__class__.__name__})
             attempted = 0
         await asyncio.sleep(0 if attempted >= BATCH else IDLE_POLL_SECONDS)

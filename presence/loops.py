@@ -26,5 +26,5 @@ async def grace_loop() -> None:
                 await db_call(went_offline)(user_id=user_id)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             logger.warning("presence offline round failed", extra={"error": exc.__class__.__name__})

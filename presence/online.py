@@ -60,10 +60,10 @@ class OnlineBatcher:
                 wanted = {uid: cids for uid, cids in batch.items() if uid in online}
                 if wanted:
                     await db_call(went_online_many)(users=wanted)
-                return
+                return  # noqa: TRY300
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 logger.warning(
                     "presence online batch failed",
                     extra={"users": len(batch), "attempt": attempt + 1, "error": exc.__class__.__name__},

@@ -63,6 +63,7 @@ class ChannelLayerBus:
     async def publish(self, groups: list[str], message: dict[str, Any]) -> None:
         """Send ``message`` to every group, bounded: a hung Redis must not hang the caller."""
         layer = self.layer or get_channel_layer()
+        assert layer is not None, "CHANNEL_LAYERS has no default layer"
         async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
             for group in groups:
                 await layer.group_send(group, {**message, "group": group})
@@ -77,7 +78,7 @@ class ChannelLayerBus:
         try:
             async with asyncio.timeout(OP_TIMEOUT_SECONDS):
                 await self.layer.group_discard(group, self.channel_name)
-        except Exception:
+        except Exception:  # noqa: BLE001
             metrics.LAYER_ERRORS.labels(op="group_discard").inc()
 
     async def receive(self) -> dict[str, Any]:

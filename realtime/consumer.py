@@ -19,8 +19,9 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
+from asgiref.typing import WebSocketConnectEvent, WebSocketDisconnectEvent
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -36,7 +37,7 @@ from .admission import connect_slots
 from .protocol import REQUEST_ID_MAX_CHARS, CloseCode, Hello
 from .registry import Connection, get_registry
 from .router import router
-from .session import Session
+from .session import Send, Session
 
 logger = logging.getLogger("realtime.ws")
 
@@ -91,13 +92,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         budgets; sustained refusals close the socket with 1008 like invalid frames)."""
         return None
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' consumer loop without its per-consumer and per-frame extras: no channel of
         its own (the instance holds one and the router fans out to local sockets), no task per
         receive, and no ``aclose_old_connections`` thread hop per frame (database work goes
         through ``db_call``, which manages connections in its worker thread)."""
         self.scope = scope
-        self.channel_layer = None
+        self.channel_layer = None  # type: ignore[assignment]  # the router holds the one channel
         self.base_send = send
         try:
             while True:
@@ -116,7 +117,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     # --- connection lifecycle -------------------------------------------------------------------
 
-    async def websocket_connect(self, message: dict[str, Any]) -> None:
+    async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
         self.connection_id = str(uuid.uuid4())
         self.connected_at = time.monotonic()
         self.last_touch = time.monotonic()
@@ -141,7 +142,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
         await self.accept()
         self.session = Session(
-            self.base_send,
+            cast("Send", self.base_send),
             connection_id=self.connection_id,
             user_id=self.user_id,
             queue_limit=settings.WS_SEND_QUEUE_FRAMES,
@@ -149,7 +150,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         )
         try:
             await runtime.ensure_started()  # the first socket on a server without lifespan starts it
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             logger.warning("connect failed", extra={"error": exc.__class__.__name__})
             self.session.close(CloseCode.FANOUT_LOST)
             return
@@ -223,7 +224,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             user_agent=agent,
         )
 
-    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+    async def websocket_disconnect(self, message: WebSocketDisconnectEvent) -> None:
         await self._tear_down(message.get("code", 1000))
         await super().websocket_disconnect(message)
 
@@ -244,7 +245,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await router.remove(session)
         try:
             await get_registry().remove(self.connection_id, self.user_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             logger.warning("registry removal failed", extra={"error": exc.__class__.__name__})
         # Our own close code, unless a write failed (then the client's, or 1006 if none came).
         close_code = code if session.closing in (None, CloseCode.ABNORMAL) else session.closing
@@ -284,21 +285,21 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         request_id: str | None = None
         try:
             if text_data is None:
-                raise Invalid("Binary frames are not supported; send JSON text.", code="bad_request")
+                raise Invalid("Binary frames are not supported; send JSON text.", code="bad_request")  # noqa: TRY301
             data = validation.parse(text_data)
             if not isinstance(data, dict):
-                raise Invalid("A frame is a JSON object.", code="bad_request")
+                raise Invalid("A frame is a JSON object.", code="bad_request")  # noqa: TRY301
             raw_id = data.get("id")
             if raw_id is not None:
                 if not isinstance(raw_id, str) or len(raw_id) > REQUEST_ID_MAX_CHARS:
-                    raise Invalid.field("id", f"Must be a string of at most {REQUEST_ID_MAX_CHARS} characters.")
+                    raise Invalid.field("id", f"Must be a string of at most {REQUEST_ID_MAX_CHARS} characters.")  # noqa: TRY301
                 request_id = validation.check_text(raw_id, "id")  # echoed: it must be sendable
             # Deep nesting, NUL or a lone surrogate anywhere else: 400, as over HTTP.
             validation.check_document(text_data, data)
             frame_type = data.get("type")
             handler = self.handlers.get(frame_type) if isinstance(frame_type, str) else None
             if handler is None:
-                raise Invalid.field("type", f"Unknown frame type {str(frame_type)[:40]!r}.")
+                raise Invalid.field("type", f"Unknown frame type {str(frame_type)[:40]!r}.")  # noqa: TRY301
             metrics.FRAMES_IN.labels(type=frame_type).inc()
             await self.check_budget(str(frame_type))
             result = await handler(self, data)
@@ -338,7 +339,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _touch(self) -> None:
         try:
             await get_registry().touch(self.connection_id, self.user_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             logger.debug("registry touch failed", extra={"error": exc.__class__.__name__})
 
 

@@ -501,7 +501,7 @@ async def heartbeat_loop() -> None:
                 logger.info("reaped connections of dead instances", extra={"count": len(reaped)})
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             logger.warning("registry heartbeat failed", extra={"error": exc.__class__.__name__})
         await asyncio.sleep(settings.INSTANCE_HEARTBEAT_SECONDS)
 

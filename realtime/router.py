@@ -96,7 +96,7 @@ class Router:
         self.groups.add(self.instance_group)
         try:
             await self.bus.subscribe(self.instance_group)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             metrics.LAYER_ERRORS.labels(op="group_add").inc()
             logger.warning("instance group not subscribed yet", extra={"error": exc.__class__.__name__})
         logger.info("router started", extra={"channel": channel, "mode": settings.CHAT_MODE})
@@ -134,7 +134,7 @@ class Router:
                 waiter = self.subscribing[group]
                 try:
                     await self.bus.subscribe(group)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001
                     metrics.LAYER_ERRORS.labels(op="group_add").inc()
                     del self.subscribing[group]
                     waiter.set_exception(exc)
@@ -162,7 +162,7 @@ class Router:
         for group in list(self.groups):
             try:
                 await self.bus.subscribe(group)
-            except Exception:
+            except Exception:  # noqa: BLE001
                 metrics.LAYER_ERRORS.labels(op="group_add").inc()
                 return False
         return True
@@ -373,7 +373,7 @@ class Router:
             return
         try:
             latest = await self.latest_seqs(streams)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             logger.warning("catch-up query failed", extra={"error": exc.__class__.__name__})
             return
         self.sequencer.catch_up(latest)
@@ -387,7 +387,7 @@ class Router:
             return
         try:
             latest = await self.latest_seqs(streams)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             logger.warning("lag sweep query failed", extra={"error": exc.__class__.__name__})
             return
         self.sequencer.sweep(latest)

@@ -141,7 +141,7 @@ class Session:
             blocker = coro.send(None)  # type: ignore[attr-defined]
         except StopIteration:
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self._write_failed(exc)
             return
         self.writer = asyncio.get_running_loop().create_task(self._write_loop((coro, blocker)))  # type: ignore[arg-type]
@@ -188,7 +188,7 @@ class Session:
                 await send({"type": "websocket.close", "code": self.closing})
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self._write_failed(exc)
         finally:
             self.writer = None
@@ -209,7 +209,7 @@ class Session:
     async def _close_transport(self) -> None:
         try:
             await self.send({"type": "websocket.close", "code": CloseCode.FANOUT_LOST})
-        except Exception as exc:  # the transport is gone as well
+        except Exception as exc:  # the transport is gone as well  # noqa: BLE001
             logger.debug("close after a failed write failed", extra={"error": exc.__class__.__name__})
 
     # --- resume pacing ------------------------------------------------------------------------

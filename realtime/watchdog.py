@@ -51,14 +51,14 @@ class Watchdog:
                 await self.probe()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 failures += 1
                 metrics.LAYER_ERRORS.labels(op="probe").inc()
                 logger.warning("fan-out probe failed", extra={"failures": failures, "error": exc.__class__.__name__})
                 if failures >= FAILURES_TO_CLOSE and self.router.healthy:
                     self.router.healthy = False
                     count = self.router.close_all(CloseCode.FANOUT_LOST)
-                    logger.error("fan-out path lost; closing local sockets", extra={"sockets": count})
+                    logger.error("fan-out path lost; closing local sockets", extra={"sockets": count})  # noqa: TRY400
                 # A Redis that restarted empty forgot our groups (core layer): the probe only
                 # passes again once they are back. Stops at the first error (bounded).
                 await self.router.resubscribe_all()

@@ -30,7 +30,7 @@ def _fixture_teardown_retrying(self: TransactionTestCase) -> None:
     for attempt in range(5):
         try:
             _original_fixture_teardown(self)
-            return
+            return  # noqa: TRY300
         except CommandError as exc:
             if attempt == 4:
                 raise
@@ -141,7 +141,7 @@ def firestore_emulator(firestore_emulator_session, settings):
     emulator.wipe()
     settings.FIRESTORE_PROJECT_ID = emulator.project
     settings.FIRESTORE_EMULATOR_HOST = emulator.host
-    yield emulator
+    yield emulator  # noqa: PT022
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -102,7 +102,7 @@ try:
     _db = dj_database_url.parse(
         DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0), conn_health_checks=True
     )
-except Exception as exc:  # dj-database-url raises several types for a bad URL
+except Exception as exc:  # dj-database-url raises several types for a bad URL  # noqa: BLE001
     raise ConfigError("DATABASE_URL", f"not a database URL ({exc.__class__.__name__})") from None
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take the write lock up front, so concurrent sends queue on the

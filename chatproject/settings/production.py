@@ -3,7 +3,7 @@
 import os
 
 from .base import *  # noqa: F403
-from .base import env_bool, env_int
+from .env import env_bool, env_int
 
 if not os.environ.get("DJANGO_SECRET_KEY", "").strip():
     raise SystemExit("configuration error: DJANGO_SECRET_KEY: required in production")

@@ -175,7 +175,7 @@ class Client:
         item.last_sent = time.monotonic()
         frame = {"type": "message.send", "id": cmid, "conversation_id": item.cid, "body": item.body}
         frame["client_msg_id"] = cmid
-        try:
+        try:  # noqa: SIM105
             await self._conn.send(json.dumps(frame))
         except ConnectionClosed:
             pass  # the reader records the close; the message is re-sent after reconnecting

@@ -46,7 +46,7 @@ def queries(monkeypatch) -> Iterator[QueryCount]:
         return original(self, sql, params, many, executor)
 
     monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", counting)
-    yield counter
+    yield counter  # noqa: PT022
 
 
 async def probed_application(scope, receive, send):

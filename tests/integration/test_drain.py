@@ -59,7 +59,7 @@ async def test_sigterm_tells_the_balancer_first_then_closes_with_1012(draining_c
     else:
         # daphne has no such extension: accepted and closed with 1012 at once, never routed.
         late = await ws_connect(server.ws_url, additional_headers=headers, open_timeout=5)
-        with pytest.raises(Exception):  # noqa: B017 (the close is what matters)
+        with pytest.raises(Exception):  # noqa: B017, PT011
             await asyncio.wait_for(late.recv(), 5)
         assert late.close_code == 1012
     # The socket that was open before SIGTERM is still fed until the notice ends, then 1012.

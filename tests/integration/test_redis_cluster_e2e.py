@@ -201,7 +201,7 @@ async def test_delivery_survives_a_master_sigkill_or_a_slot_move(cluster_apps, p
         assert acked <= reader.seqs, f"acknowledged but never delivered: {sorted(acked - reader.seqs)}"
     finally:
         reading.cancel()
-        try:
+        try:  # noqa: SIM105
             await reading
         except BaseException:
             pass

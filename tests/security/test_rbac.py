@@ -93,7 +93,7 @@ def test_admin_pages_check_the_same_permissions(server, staff, settings):
         assert op.get(server.url + "/admin/presence/instances/", timeout=10).status_code == 200
         assert action in op.get(server.url + "/admin/presence/connections/", timeout=10).text
         assert disconnect(op).status_code == 302
-        with pytest.raises(ConnectionClosed) as closed:
+        with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012
             while True:
                 target.recv(timeout=10)
         assert closed.value.rcvd.code == 4000
