@@ -124,3 +124,14 @@ class ReceiptsOut(serializers.Serializer):
 
 class TypingIn(serializers.Serializer):
     state = serializers.ChoiceField(choices=["start", "stop"])
+
+
+class ConversationPageOut(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = ConversationOut(many=True)
+
+
+class TypingOut(serializers.Serializer):
+    broadcast = serializers.BooleanField()
