@@ -9,6 +9,7 @@ Then it reads commands on stdin, one a line, and answers each with one JSON line
     start NAME    start it again (same port)   status      the description again
     freeze NAME   SIGSTOP it (a hung process)  thaw NAME   SIGCONT it
     sql STATEMENT run one SQL statement on the stack's database (test set-up only)
+    deactivate USER / activate USER   through the ORM (signals run)
 
 On EOF or SIGTERM it stops everything, drops the database and removes its folder (the
 instances' logs stay when ``CHAT_STACK_KEEP`` is set). The SDK's Node tests
@@ -79,6 +80,7 @@ class Stack:
         self.users: dict[str, dict[str, Any]] = {}
         self.conversation_id = ""
         self.db_created = False
+        self.env: dict[str, str] | None = None
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -95,7 +97,8 @@ class Stack:
                 **FAST_TIMINGS,
                 **self.extra_env,
             )
-            self._migrate_and_seed(env)
+            self.env = env
+            self._migrate_and_seed()
             for i in range(self.count):
                 name = f"inst-{chr(ord('a') + i)}"
                 self.servers[name] = AppServer("uvicorn", name, env, self.work_dir)
@@ -156,13 +159,38 @@ class Stack:
         with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(statement.encode())
 
-    def _migrate_and_seed(self, env: dict[str, str]) -> None:
-        """migrate and seed_demo in a child process (this one never imports Django), then read
-        the users, their tokens and the demo conversation back as JSON."""
+    def set_active(self, username: str, active: bool) -> None:
+        """(De)activate a user through the ORM, so the app's signals run (its auth cache hears
+        of it as it would from the admin); a bare SQL update would bypass them."""
+        self._django(
+            "from django.contrib.auth import get_user_model\n"
+            f"u = get_user_model().objects.get(username={username!r})\n"
+            f"u.is_active = {active!r}\n"
+            "u.save()\n"
+        )
+
+    def _django(self, code: str) -> str:
+        """Run ``code`` in a child process with Django set up on the stack's settings (this
+        process never imports Django); its stdout."""
         import subprocess
 
+        assert self.env is not None
+        done = subprocess.run(
+            [sys.executable, "-c", "import django; django.setup()\n" + code],
+            env=self.env,
+            cwd=self.env["PYTHONPATH"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"django child failed: {done.stderr[-2000:]}")
+        return done.stdout
+
+    def _migrate_and_seed(self) -> None:
+        """migrate and seed_demo, then read the users, their tokens and the demo conversation."""
         script = (
-            "import django, json; django.setup()\n"
+            "import json\n"
             "from django.core.management import call_command\n"
             "call_command('migrate', verbosity=0, interactive=False)\n"
             "call_command('seed_demo', stdout=open('/dev/null', 'w'))\n"
@@ -174,12 +202,7 @@ class Stack:
             "conv = Conversation.objects.get(title='Welcome')\n"
             "print(json.dumps({'users': users, 'conversation_id': str(conv.id)}))\n"
         )
-        done = subprocess.run(
-            [sys.executable, "-c", script], env=env, cwd=env["PYTHONPATH"], capture_output=True, text=True, timeout=120
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"migrate/seed failed: {done.stderr[-2000:]}")
-        data = json.loads(done.stdout.strip().splitlines()[-1])
+        data = json.loads(self._django(script).strip().splitlines()[-1])
         self.users = {name: dict(u, password=DEMO_PASSWORD) for name, u in data["users"].items()}
         self.conversation_id = data["conversation_id"]
 
@@ -247,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                     stack.restart(name)
                 elif command == "sql":
                     stack.sql(name)
+                elif command in ("deactivate", "activate"):
+                    stack.set_active(name, command == "activate")
                 elif command in ("freeze", "thaw"):
                     stack.servers[name].signal(signal.SIGSTOP if command == "freeze" else signal.SIGCONT)
                 elif command != "status":

@@ -30,10 +30,14 @@ def sign_in(browser: Any, stack: Stack, username: str, avoid: str | None = None)
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", stack.users[username]["password"])
     page.click("button[type=submit]")
-    for _ in range(8):
+    for attempt in range(8):
         page.wait_for_function("window.chat && window.chat.state === 'connected'", timeout=15000)
         if avoid is None or instance_of(page) != avoid:
             break
+        # A page load makes a fixed number of requests, so reloading alone can land on the
+        # same instance every time: a varying number of extra requests shifts the rotation.
+        for _ in range(1 + attempt % 2):
+            page.request.get(f"{base(stack)}api/health/live")
         page.reload()
     assert avoid is None or instance_of(page) != avoid
     page.wait_for_selector(".conversation-item.active")

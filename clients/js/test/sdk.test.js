@@ -318,14 +318,14 @@ test('close 4000 (operator) and 4403 (deactivated) stop the client: no reconnect
   await sleep(WINDOW_MS + 300)
   assert.equal(carol.log.opened.length, 1, 'no reconnect after 4000')
 
-  await stack.command(`sql UPDATE auth_user SET is_active = false WHERE username = 'carol'`)
+  await stack.command('deactivate carol')
   try {
     const again = track(client(stack, 'carol', () => 'inst-a'))
     await assert.rejects(again.connect(), (e) => e.code === 'deactivated')
     await sleep(WINDOW_MS + 300)
     assert.equal(again.log.opened.length, 1, 'no reconnect after 4403')
   } finally {
-    await stack.command(`sql UPDATE auth_user SET is_active = true WHERE username = 'carol'`)
+    await stack.command('activate carol')
   }
 })
 
