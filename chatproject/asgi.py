@@ -30,7 +30,9 @@ ws_router = URLRouter(websocket_urlpatterns)  # type: ignore[arg-type]
 application = ProtocolTypeRouter(
     {
         "http": RuntimeStarter(django_asgi_app),
-        "websocket": RuntimeStarter(AdmissionGate(OptionalOriginValidator(WebSocketAuthStack(ws_router)))),
+        # A socket's connect starts the runtime itself (and answers 1011 if it cannot), so a
+        # refused handshake starts nothing.
+        "websocket": AdmissionGate(OptionalOriginValidator(WebSocketAuthStack(ws_router))),
         "lifespan": LifespanApp(),
     }
 )
