@@ -114,7 +114,7 @@ class RedisClusterChannelLayer(BaseChannelLayer):
         topology_interval: float = 2.0,
         expiry: int = 60,
         capacity: int = 100,
-        channel_capacity: dict[str, int] | None = None,
+        channel_capacity: dict[Any, int] | None = None,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         self.prefix = prefix
