@@ -12,9 +12,12 @@ service's configuration endpoint): commands go to the node addresses the cluster
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 import weakref
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -22,7 +25,11 @@ import redis.asyncio.cluster as aiocluster
 import redis.cluster
 from django.conf import settings
 from redis import exceptions as redis_exceptions
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+logger = logging.getLogger("chat.redis")
+T = TypeVar("T")
 
 # Short timeouts: a hung Redis must surface as an error quickly, never hang a request.
 SOCKET_TIMEOUT = 2.0
@@ -34,7 +41,7 @@ AsyncClient = aioredis.Redis | aiocluster.RedisCluster
 
 # Errors that mean "Redis cannot serve this now" (a failover, a cluster that lost slots, a demoted
 # primary answering READONLY): callers answer 503 unavailable and the client retries.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     redis_exceptions.ConnectionError,
     redis_exceptions.TimeoutError,
     redis_exceptions.ClusterError,
@@ -42,6 +49,14 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis_exceptions.ReadOnlyError,
     redis_exceptions.RedisClusterException,
 )
+
+# How long a call that can wait out a failover (a send's rate limit, a ticket) keeps retrying:
+# Sentinel's down-after plus its election, or a managed Redis's endpoint switch.
+FAILOVER_WAIT_SECONDS = 2.0
+# Errors worth retrying on a fresh connection: the server went away or hung, was demoted to a
+# replica (READONLY; a fresh connection finds the new master through Sentinel, or through the
+# endpoint's DNS on a managed service), or the cluster is moving a slot or electing a master.
+RETRYABLE = UNAVAILABLE_ERRORS
 
 _sync_client: SyncClient | None = None
 _sync_lock = threading.Lock()
@@ -74,6 +89,16 @@ def _common_kwargs() -> dict[str, Any]:
     }
     if not cfg.get("cluster"):
         kwargs["db"] = cfg["db"]  # a cluster has database 0 only
+        # redis-py's default retries ten times, each up to SOCKET_TIMEOUT: about 25 s against a
+        # frozen master. One quick retry on a fresh connection (a pooled connection the server
+        # closed); longer waits are the caller's choice (with_failover_retry). A cluster client
+        # has its own retry (_cluster_retry).
+        kwargs["retry"] = Retry(ExponentialBackoff(cap=0.2, base=0.05), 1)
+        kwargs["retry_on_error"] = [
+            redis_exceptions.ConnectionError,
+            redis_exceptions.TimeoutError,
+            redis_exceptions.ReadOnlyError,
+        ]
     if cfg["ssl"] and cfg.get("ssl_ca_certs") and not cfg["sentinels"]:
         kwargs["ssl_ca_certs"] = cfg["ssl_ca_certs"]
     return kwargs
@@ -103,8 +128,6 @@ def get_sync() -> SyncClient:
             if _sync_client is None:
                 cfg: dict[str, Any] = settings.REDIS
                 if cfg.get("cluster"):
-                    from redis.retry import Retry
-
                     _sync_client = redis.cluster.RedisCluster(**_cluster_kwargs(), retry=_cluster_retry(Retry))
                 elif cfg["sentinels"]:
                     from redis.sentinel import Sentinel
@@ -152,3 +175,47 @@ def reset_clients() -> None:
             _sync_client.close()
         _sync_client = None
     _async_clients.clear()
+
+
+def _log_retry(exc: BaseException, attempt: int) -> None:
+    logger.info("redis call failed; retrying", extra={"error": exc.__class__.__name__, "attempt": attempt})
+
+
+def with_failover_retry(call: Callable[[SyncClient], T], *, wait: float = FAILOVER_WAIT_SECONDS) -> T:
+    """``call(client)``, retried on a Redis fault for up to ``wait`` seconds (a failover about to
+    end succeeds instead of failing); the last error is raised after that."""
+    deadline = time.monotonic() + wait
+    attempt = 0
+    while True:
+        client = get_sync()
+        try:
+            return call(client)
+        except RETRYABLE as exc:
+            attempt += 1
+            if time.monotonic() >= deadline:
+                raise
+            _log_retry(exc, attempt)
+            if isinstance(exc, redis_exceptions.ReadOnlyError) and isinstance(client, redis.Redis):
+                # A master demoted in place: pooled connections would go on hitting the replica.
+                client.connection_pool.disconnect()
+            time.sleep(min(0.1 * attempt, 0.5, max(0.0, deadline - time.monotonic())))
+
+
+async def with_failover_retry_async(
+    call: Callable[[AsyncClient], Awaitable[T]], *, wait: float = FAILOVER_WAIT_SECONDS
+) -> T:
+    """The asyncio form of :func:`with_failover_retry`."""
+    deadline = time.monotonic() + wait
+    attempt = 0
+    while True:
+        client = get_async()
+        try:
+            return await call(client)
+        except RETRYABLE as exc:
+            attempt += 1
+            if time.monotonic() >= deadline:
+                raise
+            _log_retry(exc, attempt)
+            if isinstance(exc, redis_exceptions.ReadOnlyError) and isinstance(client, aioredis.Redis):
+                await client.connection_pool.disconnect()
+            await asyncio.sleep(min(0.1 * attempt, 0.5, max(0.0, deadline - time.monotonic())))

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.errors import PermissionDenied, error_response
 from core.runtime import runtime
+from realtime import admission
 from realtime.router import router
 
 from . import checks
@@ -32,7 +33,7 @@ async def health(request: HttpRequest) -> JsonResponse:
     core = ["database", "channel_layer"] + (["redis"] if settings.CHAT_MODE == "cluster" else [])
     if any(services[name]["status"] == "down" for name in core):
         status, code = "unavailable", 503
-    elif any(s["status"] == "down" for s in services.values()):
+    elif any(s["status"] == "down" for s in services.values()) or admission.limits.shedding():
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
@@ -42,6 +43,7 @@ async def health(request: HttpRequest) -> JsonResponse:
         "mode": settings.CHAT_MODE,
         "services": services,
         "connections": {"local": router.local_connection_count()},
+        "admission": {"shedding": admission.limits.shedding(), "sockets": admission.limits.sockets},
     }
     return JsonResponse(body, status=code)
 

@@ -59,17 +59,23 @@ def instances() -> list[dict[str, Any]]:
 
 
 def presence_of(*, viewer_id: int, user_id: object, viewer_is_staff: bool = False) -> dict[str, Any]:
-    """A user's presence as the viewer may see it: self, co-participants and staff; else 403."""
+    """A user's presence as the viewer may see it: self, co-participants and holders of
+    presence.view_userstatus; else 403, the same for an id that does not exist."""
     from chat.selectors import active_user, shares_conversation
-    from core.errors import PermissionDenied
+    from core.errors import NotFound, PermissionDenied
 
     from .models import UserStatus
     from .services import presence_view
 
-    user = active_user(user_id=user_id)
-    is_self = user.pk == viewer_id
-    if not (is_self or viewer_is_staff or shares_conversation(user_id=viewer_id, other_id=user.pk)):
+    try:
+        target = int(str(user_id))
+    except ValueError:
+        raise NotFound("No such user.") from None
+    is_self = target == viewer_id
+    # Refused alike whether or not the user exists: the answer reveals no ids.
+    if not (is_self or viewer_is_staff or shares_conversation(user_id=viewer_id, other_id=target)):
         raise PermissionDenied("You share no conversation with this user.")
+    user = active_user(user_id=target)
     row = UserStatus.objects.filter(user_id=user.pk).first() or UserStatus(user_id=user.pk)
     return presence_view(row, public=not is_self)
 

@@ -181,6 +181,9 @@ class RedisRegistry:
         self.started_at = time.time()
         self.beats = 0
         self.local: dict[str, Connection] = {}  # this instance's, written back if Redis lost them
+        # Set by the drain's deregistration: the heartbeat loop runs until the server's own
+        # shutdown ends, and must not write the instance back meanwhile.
+        self.deregistered = False
 
     @property
     def _r(self) -> Any:
@@ -278,6 +281,8 @@ class RedisRegistry:
     async def heartbeat(self) -> bool:
         """Renew this instance's heartbeat. When Redis lost our entry (it restarted empty, or we
         were reaped after a long stall), write every local connection back. Returns whether it did."""
+        if self.deregistered:
+            return False
         local = list(self.local.values())
         now = time.time()
         r = self._r
@@ -292,6 +297,9 @@ class RedisRegistry:
             },
         )
         await r.zadd(instances_key(), {self.instance_id: now})
+        if self.deregistered:  # the drain deregistered while this renewal was in flight: undo it
+            await self._remove_instance(self.instance_id)
+            return False
         first, self.beats = self.beats == 0, self.beats + 1
         if present or first:
             # On the first beat every local connection was just added one by one.
@@ -314,6 +322,7 @@ class RedisRegistry:
         return removed
 
     async def deregister_instance(self) -> None:
+        self.deregistered = True
         self.local.clear()
         await self._remove_instance(self.instance_id)
 

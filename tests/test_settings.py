@@ -70,6 +70,26 @@ def test_bad_rate_limit_stops_start_up_naming_it(tmp_path, value):
     assert "RATE_LIMIT_MESSAGES" in one_line(result.stderr)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "RATE_LIMIT_TYPING",
+        "RATE_LIMIT_READS",
+        "RATE_LIMIT_STATUS",
+        "RATE_LIMIT_PRESENCE_SYNC",
+        "RATE_LIMIT_PINGS",
+        "RATE_LIMIT_RESUMES",
+        "RATE_LIMIT_TICKETS",
+        "RATE_LIMIT_CONVERSATIONS",
+        "RESUME_MAX_TOTAL_MESSAGES",
+    ],
+)
+def test_a_bad_budget_stops_start_up_naming_it(tmp_path, name):
+    result = manage_check(tmp_path, **{name: "0"})
+    assert result.returncode != 0
+    assert name in one_line(result.stderr)
+
+
 @pytest.mark.parametrize("value", ["10/s burst 30", "600/m", " 5/s "])
 def test_good_rate_limit_starts(tmp_path, value):
     result = manage_check(tmp_path, RATE_LIMIT_MESSAGES=value)
