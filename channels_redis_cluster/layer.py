@@ -49,7 +49,6 @@ import types
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from re import Pattern
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -115,7 +114,7 @@ class RedisClusterChannelLayer(BaseChannelLayer):
         topology_interval: float = 2.0,
         expiry: int = 60,
         capacity: int = 100,
-        channel_capacity: dict[Pattern[str] | str, int] | None = None,
+        channel_capacity: dict[Any, int] | None = None,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         self.prefix = prefix

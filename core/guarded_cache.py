@@ -93,7 +93,8 @@ def invalidate_many_sync(items: list[tuple[str, str]]) -> None:
     pipe = get_sync().pipeline(transaction=False)
     for tag, name in items:
         value_key, gen_key = keys(tag, name)
-        pipe.eval(_INVALIDATE_LUA, 2, value_key, gen_key, GEN_TTL_SECONDS)
+        # EVAL as a plain command: redis-py's sync cluster pipeline refuses pipe.eval().
+        pipe.execute_command("EVAL", _INVALIDATE_LUA, 2, value_key, gen_key, GEN_TTL_SECONDS)
     pipe.execute()
 
 
@@ -117,7 +118,7 @@ def raise_to_sync(items: list[tuple[str, str, int]]) -> None:
         return
     pipe = get_sync().pipeline(transaction=False)
     for tag, name, value in items:
-        pipe.eval(_RAISE_LUA, 1, keys(tag, name)[0], value, VALUE_TTL_SECONDS)
+        pipe.execute_command("EVAL", _RAISE_LUA, 1, keys(tag, name)[0], value, VALUE_TTL_SECONDS)
     pipe.execute()
 
 

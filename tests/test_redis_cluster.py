@@ -16,8 +16,9 @@ import redis.cluster
 from channels_redis_cluster import RedisClusterChannelLayer
 from chat import ratelimit, services
 from core import redis_client
-from core.errors import RateLimited, Unavailable
+from core.errors import RateLimited
 from health import checks
+from tests.conftest import assert_error
 
 pytestmark = pytest.mark.rediscluster
 
@@ -80,13 +81,16 @@ def test_tickets_and_send_rate_on_the_cluster(cluster_settings, settings):
         ratelimit.check_send_rate(user_id=7)
 
 
-def test_send_rate_on_a_cluster_that_lost_the_buckets_slot_is_503(cluster_settings):
-    bucket = redis_client.key("rl", "send", 7)
+def test_send_on_a_cluster_that_lost_the_buckets_slot_is_503(cluster_settings, api, user, conversation):
+    """The send's rate bucket lives on a shard that is gone: 503 ``unavailable`` with
+    ``retry_after``, never a 500, and nothing stored."""
+    bucket = redis_client.key("rl", "send", user.pk)
     redis_client.get_sync().ping()
     cluster_settings.kill_shard(cluster_settings.master_of_key(bucket))
-    with pytest.raises(Unavailable) as info:
-        ratelimit.check_send_rate(user_id=7)
-    assert info.value.status == 503 and info.value.retry_after
+    response = api.post(f"/api/conversations/{conversation.id}/messages/", {"body": "hi"}, format="json")
+    body = assert_error(response, 503, "unavailable")
+    assert body["retry_after"] and response.headers["Retry-After"]
+    assert not conversation.messages.exists()
 
 
 @pytest.fixture
@@ -233,3 +237,19 @@ async def test_tls_cluster_with_a_private_ca(settings, tls_cluster):
             assert await layer.receive(ch) == {"type": "hi", "g": group}
     finally:
         await layer.flush()
+
+
+async def test_guarded_cache_pipelines_span_every_master(cluster_settings):
+    """The cache's pipelined scripts run one slot each, however many masters the facts are on."""
+    from core import guarded_cache
+
+    items = [(f"c:{i}", "seq") for i in range(12)]
+    assert len({cluster_settings.master_of_key(guarded_cache.keys(t, n)[0]).port for t, n in items}) == 3
+    guarded_cache.raise_to_sync([(t, n, 5) for t, n in items])
+    await guarded_cache.raise_to([(t, n, 3) for t, n in items])  # lower: changes nothing
+    assert await guarded_cache.read_many(items) == ["5"] * 12
+    seen = await guarded_cache.read("u:1", "auth")
+    guarded_cache.invalidate_many_sync([("u:1", "auth"), *items])
+    assert await guarded_cache.read_many(items) == [None] * 12
+    assert not await guarded_cache.fill("u:1", "auth", "stale", seen)  # invalidated since read
+    await redis_client.get_async().aclose()
