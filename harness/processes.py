@@ -5,6 +5,7 @@ Every process listens on a free port on 127.0.0.1 and is killed with a real sign
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -53,8 +54,11 @@ class RedisServer:
         self.args = list(args or [])  # more redis-server options (--replicaof host port, ...)
         self.proc: subprocess.Popen | None = None
         self.dir = tempfile.mkdtemp(prefix="chat-test-redis-")
+        # A server never stopped (a test run interrupted) still leaves no folder behind.
+        atexit.register(shutil.rmtree, self.dir, ignore_errors=True)
 
     def start(self) -> RedisServer:
+        os.makedirs(self.dir, exist_ok=True)
         self.proc = subprocess.Popen(
             [
                 _redis_binary(),
@@ -91,6 +95,7 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def freeze(self) -> None:
         assert self.proc is not None
@@ -209,6 +214,8 @@ class AppServer:
             str(self.port),
             "--ws-max-size",
             self.env.get("WS_MAX_FRAME_BYTES", "65536"),
+            "--ws-per-message-deflate",
+            self.env.get("WS_PER_MESSAGE_DEFLATE", "false"),
             "--timeout-graceful-shutdown",
             "5",
             "--no-access-log",

@@ -34,8 +34,9 @@ import socket
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from django.conf import settings
 
@@ -43,6 +44,8 @@ from core import metrics, redis_client
 from core.redis_client import key
 
 logger = logging.getLogger("realtime.registry")
+
+T = TypeVar("T")
 
 SHARDS = 16
 DUE_BATCH = 500
@@ -458,12 +461,26 @@ def get_registry() -> Registry:
 
 
 def user_connection_count_blocking(user_id: int) -> int:
-    """For code in worker threads: a plain blocking read. (Hopping back to the event loop
-    with async_to_sync from there can deadlock while the server shuts the loop down.)"""
+    """For code in worker threads: a plain blocking read."""
     registry = get_registry()
     if isinstance(registry, LocalRegistry):
         return sum(1 for c in list(registry.conns.values()) if c.user_id == user_id)
     return int(redis_client.get_sync().zcard(user_conns_key(user_id)))
+
+
+def blocking(read: Callable[[Registry], Awaitable[T]]) -> T:
+    """Run one registry read from code in a worker thread (DRF views, the admin) on a private
+    event loop. Hopping back to the server's loop with async_to_sync from there can deadlock
+    while the server shuts that loop down; a private loop cannot."""
+
+    async def run() -> T:
+        try:
+            return await read(get_registry())
+        finally:
+            if redis_client.cluster_mode():
+                await redis_client.close_async()
+
+    return asyncio.run(run())
 
 
 def reset_registry() -> None:
