@@ -48,6 +48,12 @@ class ChatConsumer(RealtimeConsumer):
         """The user's conversations and the latest seq of each (from Redis; chat/topics.py)."""
         return await topic_cache.conversation_seqs(self.user_id, _load_conversation_seqs, _load_latest_seqs)
 
+    async def check_budget(self, frame_type: str) -> None:
+        """The user's cluster-wide budget of this frame type (429 when spent)."""
+        budget = FRAME_BUDGETS.get(frame_type)
+        if budget is not None:
+            await ratelimit.acheck(budget, user_id=self.user_id)
+
 
 _load_latest_seqs = db_call(selectors.latest_seqs)
 _conversation_seqs = db_call(selectors.conversation_seqs)
@@ -55,12 +61,6 @@ _conversation_seqs = db_call(selectors.conversation_seqs)
 
 async def _load_conversation_seqs(user_id: int) -> dict[str, int]:
     return await _conversation_seqs(user_id=user_id)
-
-    async def check_budget(self, frame_type: str) -> None:
-        """The user's cluster-wide budget of this frame type (429 when spent)."""
-        budget = FRAME_BUDGETS.get(frame_type)
-        if budget is not None:
-            await ratelimit.acheck(budget, user_id=self.user_id)
 
 
 def _required(data: dict[str, Any], name: str) -> Any:
