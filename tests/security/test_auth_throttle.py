@@ -122,3 +122,19 @@ def test_password_change_revokes_the_token(one, transactional_db):
     new = login(a, user.username, "a-brand-new-password").json()["token"]
     assert new != old
     assert http("GET", a, "/api/me/", token=new).status_code == 200
+
+
+@pytest.fixture
+def single(tmp_path):
+    """One instance in single mode (no Redis): the budgets live in the process."""
+    c = cluster_of(tmp_path, servers={"a": "uvicorn"}, CHAT_MODE="single", LOGIN_RATE_LIMIT_ACCOUNT="3/m burst 3")
+    yield c.servers["a"]
+    c.stop()
+
+
+def test_single_mode_throttles_in_process(single, transactional_db):
+    user = UserFactory()
+    assert http("GET", single, "/api/health").json()["mode"] == "single"
+    for _ in range(3):
+        assert login(single, user.username, WRONG).status_code == 400
+    assert_rate_limited(login(single, user.username, PASSWORD))
