@@ -401,6 +401,13 @@ class Idle:
             "open": sum(1 for ws in self.socks if ws.close_code is None),
         }
 
+    async def drop(self) -> dict[str, Any]:
+        """Close every socket; the next ``connect`` opens them again (returning users)."""
+        count = len(self.socks)
+        await _close_all(self.socks)
+        self.socks, self.next = [], 0
+        return {"closed": count}
+
     async def close(self) -> None:
         await _close_all(self.socks)
 

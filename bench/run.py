@@ -121,6 +121,7 @@ class ChatServer(AppServer):
 
     ws_impl = "websockets-sansio"
     source: Path = ROOT
+    deflate = False
 
     def start(self) -> ChatServer:
         self.log = open(self.log_path, "ab")
@@ -139,6 +140,7 @@ class ChatServer(AppServer):
             "--host", "127.0.0.1", "--port", str(self.port),
             "--loop", "uvloop", "--http", "httptools", "--ws", self.ws_impl,
             "--ws-max-size", self.env.get("WS_MAX_FRAME_BYTES", "65536"),
+            "--ws-per-message-deflate", "true" if self.deflate else "false",
             "--timeout-graceful-shutdown", "5", "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
 
@@ -263,8 +265,25 @@ class Bench:
             DATABASE_URL=self.database_url,
             LOG_LEVEL="WARNING",
             RATE_LIMIT_MESSAGES="100000/s burst 100000",
+            # The benchmark measures delivery, not the abuse budgets (a pool user holds many sockets).
+            **{
+                f"RATE_LIMIT_{name}": "100000/s burst 100000"
+                for name in (
+                    "TYPING",
+                    "READS",
+                    "STATUS",
+                    "PRESENCE_SYNC",
+                    "PINGS",
+                    "RESUMES",
+                    "TICKETS",
+                    "CONVERSATIONS",
+                )
+            },
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
             CHANNEL_LAYER_BACKEND=self.args.layer,
+            # The benchmark measures what an instance takes, so it sheds nothing.
+            WS_MAX_CONNECTS_PER_SECOND="0",
+            WS_MAX_SOCKETS="0",
         )
 
     def prepare_source(self) -> None:
@@ -367,7 +386,7 @@ class Bench:
             name = f"{target}-{tag}-{i}"
             if target == "chat":
                 chat = ChatServer(self.args.server, name, self.chat_env(), self.work)
-                chat.ws_impl, chat.source = self.args.ws, self.source
+                chat.ws_impl, chat.source, chat.deflate = self.args.ws, self.source, self.args.server_deflate
                 server: AppServer = chat
             else:
                 assert self.redis is not None
@@ -431,9 +450,20 @@ class Bench:
         return [p for p in pids if p]
 
     def pg_sessions(self) -> int:
+        return self._pg_stat("sessions")
+
+    def pg_xacts(self) -> int:
+        """Transactions of the benchmark's database so far (committed and rolled back). Outside
+        an atomic block every query is one, so per connect this counts its queries (a service
+        in a transaction counts once). pg_stat_statements would count statements, but needs a
+        server restart with shared_preload_libraries; PostgreSQL flushes these counters from
+        idle backends within 10 s, hence ``--pg-settle``."""
+        return self._pg_stat("xact_commit + xact_rollback")
+
+    def _pg_stat(self, expr: str) -> int:
         out = subprocess.run(
             ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-Atc",
-             f"select sessions from pg_stat_database where datname = '{self.db_name}'"],
+             f"select {expr} from pg_stat_database where datname = '{self.db_name}'"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         try:
@@ -751,7 +781,10 @@ class Bench:
             for count in sorted(a.idle_counts):
                 per = (count + a.idle_warmup) // procs
                 cpu_s = proc_cpu(pid)
+                if target == "chat":
+                    time.sleep(a.pg_settle)
                 pg0 = self.pg_sessions() if target == "chat" else -1
+                xa0 = self.pg_xacts() if target == "chat" else -1
                 conc = max(1, a.connect_concurrency // procs)
                 profile = a.profile and not out["stages"]
                 spies = self.start_profilers(f"{target}-s3", [server], a.profile_duration) if profile else []
@@ -763,8 +796,9 @@ class Bench:
                 for r in res:
                     failures.update(r["failures"])
                 cpu_ramp = proc_cpu(pid) - cpu_s
+                time.sleep(a.pg_settle if target == "chat" else a.idle_settle)
                 pg1 = self.pg_sessions() if target == "chat" else -1
-                time.sleep(a.idle_settle)
+                xa1 = self.pg_xacts() if target == "chat" else -1
                 rss = proc_rss_kib(pid)
                 total = prev + added
                 open_now = sum(r["open"] for r in res)
@@ -780,6 +814,7 @@ class Bench:
                     "pg_sessions_per_connect": max(0, pg1 - pg0 - 1) / added
                     if pg0 >= 0 and pg1 >= 0 and added
                     else None,
+                    "db_xacts_per_connect": (xa1 - xa0) / added if xa0 >= 0 and xa1 >= 0 and added else None,
                     "rss_kib": rss,
                     "kib_per_connection": (rss - rss0) / (total - warm_n) if total > warm_n else float("nan"),
                 }
@@ -792,9 +827,48 @@ class Bench:
                     f"failures {dict(failures)}), RSS {rss} KiB, {stage['kib_per_connection']:.1f} KiB/connection"
                 )
             out["server_cpu_idle_s"] = proc_cpu(pid) - cpu0
+            out["returning"] = self.idle_returning(target, pid, workers, prev)
         finally:
             self.stop_servers(kill=True)
             out["loadgen_cpu_s"] = self.stop_workers(workers)
+        return out
+
+    def idle_returning(self, target: str, pid: int, workers: list[Worker], total: int) -> dict[str, Any]:
+        """Every S3 socket closed and opened again at once, by the same users: the steady state
+        of a reconnect (caches warm, users still within their presence grace)."""
+        a = self.args
+        call_all(workers, "drop", timeout=120)
+        time.sleep(a.pg_settle if target == "chat" else 1.0)
+        xa0 = self.pg_xacts() if target == "chat" else -1
+        cpu0 = proc_cpu(pid)
+        per = (total + len(workers) - 1) // len(workers)
+        conc = max(1, a.connect_concurrency // len(workers))
+        spies = self.start_profilers(f"{target}-s3-back", self.servers[-1:], a.profile_duration) if a.profile else []
+        res = call_all(workers, "connect", timeout=a.idle_timeout, upto=per, concurrency=conc)
+        profiles = [self.finish_profiler(*spy) for spy in spies]
+        elapsed = max(r["finished"] for r in res) - min(r["started"] for r in res)
+        added = sum(r["connected"] for r in res)
+        cpu = proc_cpu(pid) - cpu0
+        failures: Counter[str] = Counter()
+        for r in res:
+            failures.update(r["failures"])
+        if target == "chat":
+            time.sleep(a.pg_settle)
+        xa1 = self.pg_xacts() if target == "chat" else -1
+        out = {
+            "connects": added,
+            "failures": dict(failures),
+            "connects_per_s": added / elapsed if elapsed > 0 else float("nan"),
+            "server_cpu_ms_per_connect": cpu / added * 1000 if added else float("nan"),
+            "db_xacts_per_connect": (xa1 - xa0) / added if xa0 >= 0 and xa1 >= 0 and added else None,
+        }
+        if profiles:
+            out["profiles"] = profiles
+        log(
+            f"{target} S3 returning: {added} reconnects at {out['connects_per_s']:.0f}/s, "
+            f"{out['server_cpu_ms_per_connect']:.2f} ms CPU each, database transactions per connect "
+            f"{out['db_xacts_per_connect']}"
+        )
         return out
 
     # --- S4: reconnect storm ---
@@ -1358,6 +1432,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-counts", type=csv_i, default=[5000, 10000])
     p.add_argument("--idle-warmup", type=int, default=50)
     p.add_argument("--idle-settle", type=float, default=3)
+    p.add_argument("--pg-settle", type=float, default=11, help="wait for PostgreSQL to flush its counters (S3)")
+    p.add_argument("--server-deflate", action="store_true", help="the chat server accepts permessage-deflate")
     p.add_argument("--idle-timeout", type=float, default=600)
     p.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in flight (S3, S4)")
     p.add_argument("--storm-clients", type=int, default=2000)

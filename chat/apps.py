@@ -10,8 +10,10 @@ class ChatConfig(AppConfig):
         from core.runtime import runtime
         from realtime.router import router
 
-        from . import checks, revocation, selectors, streams
+        from . import authcache, checks, revocation, selectors, streams, topics
 
         assert checks  # registers the system checks
+        authcache.connect_signals()
+        topics.connect_signals()
         router.set_stream_source(streams.fetch_messages, db_call(selectors.latest_seqs))
         runtime.register_loop("chat.credential-check", revocation.run_credential_check_loop)

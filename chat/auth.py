@@ -17,11 +17,17 @@ from channels.auth import get_user
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.db.models import F
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
 from core.db import db_call
+from core.errors import dependency_fault
+from realtime.admission import refuse
+from realtime.protocol import CloseCode
+
+from . import authcache
 
 
 class OptionalOriginValidator:
@@ -136,7 +142,8 @@ def _user_for_token(key: str) -> Any:
     cutoff = token_cutoff()
     if cutoff is not None:
         qs = qs.filter(auth_token__created__gte=cutoff)
-    return qs.only(*fields).first()
+    # The token's age goes into the auth cache (chat/authcache.py), which expires it the same way.
+    return qs.only(*fields).annotate(token_created=F("auth_token__created")).first()
 
 
 def _user_for_ticket(ticket: str) -> Any:
@@ -157,7 +164,7 @@ async def authenticate_scope(scope: dict[str, Any]) -> tuple[Any, str, dict[str,
     if authorization:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() == "token" and key.strip():
-            user = await db_call(_user_for_token)(key.strip())
+            user = await authcache.user_for_token(key.strip(), db_call(_user_for_token))
             return (user or AnonymousUser()), "token", {"auth_token": key.strip()}
         return AnonymousUser(), "token", {}
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -186,7 +193,25 @@ class WebSocketAuthMiddleware:
         self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        user, method, credential = await authenticate_scope(scope)
+        try:
+            user, method, credential = await authenticate_scope(scope)
+        except Exception as exc:
+            fault = dependency_fault(exc)
+            if fault is None:
+                raise
+            # The database (tokens, sessions) or Redis (tickets) is away: refuse with 503 so
+            # that a balancer tries another instance and the client retries, never a 500.
+            await refuse(
+                scope,
+                receive,
+                send,
+                status=fault.status,
+                code=fault.code,
+                retry_after=max(1, round(fault.retry_after or 1)),
+                detail=fault.detail,
+                close_code=CloseCode.FANOUT_LOST,
+            )
+            return None
         scope = dict(scope, user=user, auth_method=method, **credential)
         return await self.application(scope, receive, send)
 

@@ -61,7 +61,8 @@ def credential_for(scope: dict[str, Any], user: Any) -> Credential:
     return Credential(
         user_id=int(user.pk),
         method=str(scope.get("auth_method") or "none"),
-        password_mark=password_mark(getattr(user, "password", "") or ""),
+        # A user from the auth cache carries the mark; one read from the database, the hash.
+        password_mark=getattr(user, "password_mark", None) or password_mark(getattr(user, "password", "") or ""),
         token_key=scope.get("auth_token"),
         session_key=scope.get("auth_session"),
     )

@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
 from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
@@ -40,6 +40,13 @@ def conversation_for(*, user_id: int, conversation_id: object) -> Conversation:
     return conversation
 
 
+def conversation_detail(*, user_id: int, conversation_id: object) -> Conversation:
+    """As ``conversation_for``, with participants and their users loaded for the presenter in
+    two queries whatever the size."""
+    conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
+    return Conversation.objects.prefetch_related("participants__user").get(pk=conversation.pk)
+
+
 def active_participant(*, conversation_id: uuid.UUID, user_id: int) -> bool:
     """Participation and an active account, checked at the time of every action (a socket of a
     user deactivated a moment ago must not act before its close arrives)."""
@@ -53,11 +60,24 @@ def raise_not_participant(*, user_id: int) -> None:
 
 
 def conversations_of(*, user_id: int) -> QuerySet[Conversation]:
-    """The user's conversations, latest activity first. A conversation without messages counts
-    from its creation; ordering on last_message_at alone puts those first on PostgreSQL, which
-    sorts NULL above every date in a descending order."""
+    """The user's conversations, latest activity first, each with ``unread``: the messages of
+    others after the user's read position. A conversation without messages counts from its
+    creation; ordering on last_message_at alone puts those first on PostgreSQL, which sorts
+    NULL above every date in a descending order."""
+    read_seq = Participant.objects.filter(conversation_id=OuterRef(OuterRef("pk")), user_id=user_id).values(
+        "last_read_seq"
+    )[:1]
+    unread = (
+        Message.objects.filter(conversation_id=OuterRef("pk"), seq__gt=Subquery(read_seq))
+        .exclude(sender_id=user_id)
+        .order_by()
+        .values("conversation_id")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
     return (
         Conversation.objects.filter(participants__user_id=user_id)
+        .annotate(unread=Coalesce(Subquery(unread), 0))
         .prefetch_related("participants__user")
         .order_by(Coalesce("last_message_at", "created_at").desc(), "-created_at", "-id")
     )
@@ -78,10 +98,6 @@ def latest_seqs(conversation_ids: list[str]) -> dict[str, int]:
 
 def conversation_ids_of(*, user_id: int) -> list[str]:
     return [str(c) for c in Participant.objects.filter(user_id=user_id).values_list("conversation_id", flat=True)]
-
-
-def participant_ids(*, conversation_id: uuid.UUID | str) -> list[int]:
-    return list(Participant.objects.filter(conversation_id=conversation_id).values_list("user_id", flat=True))
 
 
 def contact_ids(*, user_id: int) -> list[int]:

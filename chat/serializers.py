@@ -74,6 +74,7 @@ class ConversationOut(serializers.Serializer):
     last_seq = serializers.IntegerField()
     last_message_at = serializers.CharField(allow_null=True)
     participants = ParticipantOut(many=True)
+    unread = serializers.IntegerField(required=False, help_text="In the caller's list: others' messages not read yet")
 
 
 class ParticipantIn(serializers.Serializer):

@@ -16,8 +16,9 @@ from django.utils import timezone
 
 from core import metrics, redis_client
 from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
+from core.validation import check_text
 
-from . import events
+from . import events, ratelimit, topics
 from .models import CLIENT_MSG_ID_MAX_CHARS, TITLE_MAX_CHARS, Conversation, Message, Participant
 from .ratelimit import check_send_rate
 from .selectors import active_participant, conversation_for, parse_conversation_id, raise_not_participant
@@ -37,7 +38,6 @@ class SendResult:
 class ReadResult:
     seq: int
     read_at: Any
-    changed: bool
 
 
 # --- Conversations and participants ---------------------------------------------------------
@@ -74,10 +74,13 @@ def conversation_create(*, creator_id: int, title: str = "", participant_ids: An
     """Create a conversation; the creator is its owner and a participant."""
     if not isinstance(title, str) or len(title) > TITLE_MAX_CHARS:
         raise Invalid.field("title", f"Must be a string of at most {TITLE_MAX_CHARS} characters.")
+    check_text(title, "title")
+    ratelimit.check("conversation", user_id=creator_id)
     ids = _user_ids(participant_ids, "participant_ids", actor_id=creator_id)
     conversation = Conversation.objects.create(title=title.strip(), owner_id=creator_id)
     Participant.objects.create(conversation=conversation, user_id=creator_id, role=Participant.Role.OWNER)
     Participant.objects.bulk_create([Participant(conversation=conversation, user_id=i) for i in ids])
+    topics.memberships_changed(ids)  # bulk_create sends no signals
     conversation = Conversation.objects.prefetch_related("participants__user").get(pk=conversation.pk)
     for uid in [creator_id, *ids]:
         events.conversation_joined(conversation=conversation, user_id=uid)
@@ -88,6 +91,7 @@ def conversation_create(*, creator_id: int, title: str = "", participant_ids: An
 def participant_add(*, actor_id: int, conversation_id: object, user_id: Any) -> tuple[Participant, bool]:
     """The owner adds a user; their live sockets start receiving at once (``conversation.joined``).
     Returns (participant, created); adding an existing participant changes nothing."""
+    ratelimit.check("conversation", user_id=actor_id)
     conversation = conversation_for(user_id=actor_id, conversation_id=conversation_id)
     if conversation.owner_id != actor_id:
         raise PermissionDenied("Only the owner adds participants.")
@@ -106,6 +110,7 @@ def participant_add(*, actor_id: int, conversation_id: object, user_id: Any) -> 
 def participant_remove(*, actor_id: int, conversation_id: object, user_id: Any) -> None:
     """The owner removes anyone; anyone may leave. When the owner leaves, the longest-standing
     remaining participant becomes the owner. The removed user's sockets stop receiving at once."""
+    ratelimit.check("conversation", user_id=actor_id)
     cid = parse_conversation_id(conversation_id)
     conversation = Conversation.objects.select_for_update().filter(pk=cid).first()
     if conversation is None:
@@ -140,7 +145,7 @@ def _validate_body(body: Any) -> str:
         raise Invalid.field("body", "Must not be blank.")
     if len(body) > settings.MESSAGE_MAX_CHARS:
         raise Invalid.field("body", f"At most {settings.MESSAGE_MAX_CHARS} characters.")
-    return body
+    return check_text(body, "body")
 
 
 def _validate_client_msg_id(value: Any) -> str | None:
@@ -148,7 +153,7 @@ def _validate_client_msg_id(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= CLIENT_MSG_ID_MAX_CHARS:
         raise Invalid.field("client_msg_id", f"Must be a string of 1 to {CLIENT_MSG_ID_MAX_CHARS} characters.")
-    return value
+    return check_text(value, "client_msg_id")
 
 
 def message_send(*, sender_id: int, conversation_id: object, body: Any, client_msg_id: Any = None) -> SendResult:
@@ -247,6 +252,7 @@ def _send_one_statement(cid: uuid.UUID, sender_id: int, body: str, client_msg_id
     message._state.adding = False
     message._state.db = connection.alias
     metrics.MESSAGES_PERSISTED.inc()
+    topics.seq_advanced(cid, message.seq)  # raw SQL sends no signals; before the event's publish
     events.message_new(message)
     return SendResult(message, False)
 
@@ -287,26 +293,35 @@ def read_mark(*, user_id: int, conversation_id: object, seq: Any) -> ReadResult:
     """Move the user's read marker forward; a lower seq than already read changes nothing."""
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise Invalid.field("seq", "Must be a non-negative whole number.")
+    ratelimit.check("read", user_id=user_id)
     conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
     if seq > conversation.last_seq:
         raise Invalid.field("seq", f"Past the last message (seq {conversation.last_seq}).")
     participant = Participant.objects.select_for_update().get(conversation=conversation, user_id=user_id)
     if seq <= participant.last_read_seq:
-        return ReadResult(participant.last_read_seq, participant.last_read_at, False)
+        return ReadResult(participant.last_read_seq, participant.last_read_at)
     participant.last_read_seq = seq
     participant.last_read_at = timezone.now()
     participant.save(update_fields=["last_read_seq", "last_read_at"])
     events.read(conversation_id=conversation.id, user_id=user_id, seq=seq, read_at=participant.last_read_at)
-    return ReadResult(seq, participant.last_read_at, True)
+    return ReadResult(seq, participant.last_read_at)
 
 
 def typing_set(*, user_id: int, conversation_id: object, state: Any) -> bool:
     """Broadcast a typing state to the other participants. Returns whether it was broadcast:
-    conversations over TYPING_MAX_PARTICIPANTS get none (it would be noise at that size)."""
+    conversations over TYPING_MAX_PARTICIPANTS get none (it would be noise at that size), and
+    a state that repeats the last one broadcast is dropped."""
     if state not in TYPING_STATES:
         raise Invalid.field("state", "Must be 'start' or 'stop'.")
+    ratelimit.check("typing", user_id=user_id)
     conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
     if Participant.objects.filter(conversation=conversation).count() > settings.TYPING_MAX_PARTICIPANTS:
+        return False
+    # A repeated "start" is dropped for half the expiry only: a user still typing is broadcast
+    # again before the receivers' indicator lapses (it expires TYPING_EXPIRY_SECONDS after the
+    # last broadcast start). A repeated "stop" is dropped until the expiry has passed.
+    lifetime = settings.TYPING_EXPIRY_SECONDS / 2 if state == "start" else settings.TYPING_EXPIRY_SECONDS
+    if not ratelimit.changed("typing", conversation.id, user_id, state=state, lifetime_seconds=lifetime):
         return False
     events.typing(conversation_id=conversation.id, user_id=user_id, state=state)
     return True
@@ -319,10 +334,11 @@ _local_tickets: dict[str, tuple[int, float]] = {}
 
 def ws_ticket_issue(*, user_id: int) -> str:
     """A single-use ticket for ``/ws/chat/?ticket=``, valid WS_TICKET_TTL_SECONDS."""
+    ratelimit.check("ticket", user_id=user_id)
     ticket = secrets.token_urlsafe(32)
     ttl = settings.WS_TICKET_TTL_SECONDS
     if redis_client.cluster_mode():
-        redis_client.get_sync().set(redis_client.key("ticket", ticket), user_id, ex=ttl)
+        redis_client.with_failover_retry(lambda r: r.set(redis_client.key("ticket", ticket), user_id, ex=ttl))
     else:
         now = timezone.now().timestamp()
         for stale in [k for k, (_, exp) in _local_tickets.items() if exp < now]:
@@ -336,7 +352,7 @@ def ws_ticket_consume(*, ticket: str) -> int | None:
     if not ticket or len(ticket) > 128:
         return None
     if redis_client.cluster_mode():
-        value = redis_client.get_sync().getdel(redis_client.key("ticket", ticket))
+        value = redis_client.with_failover_retry(lambda r: r.getdel(redis_client.key("ticket", ticket)))
         return int(value) if value is not None else None
     entry = _local_tickets.pop(ticket, None)
     if entry is None or entry[1] < timezone.now().timestamp():

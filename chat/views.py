@@ -97,7 +97,9 @@ class ConversationListView(APIView):
 
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(selectors.conversations_of(user_id=uid(request)), request, view=self)
-        return paginator.get_paginated_response([presenters.conversation(c) for c in page or []])
+        return paginator.get_paginated_response(
+            [dict(presenters.conversation(c), unread=getattr(c, "unread", 0)) for c in page or []]
+        )
 
     @extend_schema(request=ConversationIn, responses={201: ConversationOut}, summary="Create a conversation")
     def post(self, request: Request) -> Response:
@@ -111,7 +113,7 @@ class ConversationListView(APIView):
 class ConversationDetailView(APIView):
     @extend_schema(responses={200: ConversationOut}, summary="One conversation (participants only)")
     def get(self, request: Request, conversation_id: str) -> Response:
-        conversation = selectors.conversation_for(user_id=uid(request), conversation_id=conversation_id)
+        conversation = selectors.conversation_detail(user_id=uid(request), conversation_id=conversation_id)
         return Response(presenters.conversation(conversation))
 
 
@@ -126,7 +128,7 @@ class ParticipantListView(APIView):
         _, created = services.participant_add(
             actor_id=uid(request), conversation_id=conversation_id, user_id=data["user_id"]
         )
-        conversation = selectors.conversation_for(user_id=uid(request), conversation_id=conversation_id)
+        conversation = selectors.conversation_detail(user_id=uid(request), conversation_id=conversation_id)
         return Response(
             presenters.conversation(conversation), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )

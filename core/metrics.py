@@ -15,6 +15,7 @@ FANOUT_LATENCY = Histogram(
 )
 ERRORS = Counter("chat_errors_total", "Error replies sent, by code", ["code"])
 RATE_LIMIT_HITS = Counter("chat_rate_limit_hits_total", "Sends refused by the rate limit")
+BUDGET_REFUSALS = Counter("chat_budget_refusals_total", "Requests and frames refused by a rate budget", ["budget"])
 LAYER_ERRORS = Counter("chat_channel_layer_errors_total", "Channel layer operation failures", ["op"])
 LAYER_RECONNECTS = Counter("chat_channel_layer_reconnects_total", "Fan-out path recoveries")
 HEALTH_CHECK_FAILURES = Counter(

@@ -10,7 +10,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.errors import PermissionDenied, error_response
 from core.runtime import runtime
+from realtime import admission
 from realtime.router import router
 
 from . import checks
@@ -31,7 +33,7 @@ async def health(request: HttpRequest) -> JsonResponse:
     core = ["database", "channel_layer"] + (["redis"] if settings.CHAT_MODE == "cluster" else [])
     if any(services[name]["status"] == "down" for name in core):
         status, code = "unavailable", 503
-    elif any(s["status"] == "down" for s in services.values()):
+    elif any(s["status"] == "down" for s in services.values()) or admission.limits.shedding():
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
@@ -41,6 +43,7 @@ async def health(request: HttpRequest) -> JsonResponse:
         "mode": settings.CHAT_MODE,
         "services": services,
         "connections": {"local": router.local_connection_count()},
+        "admission": {"shedding": admission.limits.shedding(), "sockets": admission.limits.sockets},
     }
     return JsonResponse(body, status=code)
 
@@ -60,7 +63,5 @@ def _metrics_allowed(request: HttpRequest) -> bool:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     if not _metrics_allowed(request):
-        return JsonResponse(
-            {"status": 403, "code": "permission_denied", "detail": "Metrics are not public."}, status=403
-        )
+        return error_response(PermissionDenied("Metrics are not public."))
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,7 @@ class PresenceConfig(AppConfig):
 
         from core.runtime import runtime
 
-        from . import consumers, firestore, loops, signals
+        from . import consumers, firestore, loops, online, signals
 
         assert consumers  # registers presence's frame handlers and connection hook
         user_model = get_user_model()
@@ -22,4 +22,6 @@ class PresenceConfig(AppConfig):
         pre_save.connect(signals.note_password_change, sender=user_model, dispatch_uid="presence-password-note")
         post_save.connect(signals.revoke_on_password_change, sender=user_model, dispatch_uid="presence-password")
         runtime.register_loop("presence.grace", loops.grace_loop)
+        runtime.register_loop("presence.online-batch", online.batcher.run)
+        runtime.on_drain("presence.online-batch", online.batcher.flush)
         runtime.register_loop("presence.firestore-sync", firestore.run_sync_loop)

@@ -9,7 +9,7 @@ from typing import Any
 from chat.consumers import ChatConsumer
 from core.db import db_call
 
-from . import schemas, selectors, services
+from . import online, schemas, selectors, services
 
 assert schemas  # the frames' schemas are registered with the protocol on import
 
@@ -32,4 +32,5 @@ async def on_presence_sync(consumer: ChatConsumer, data: dict[str, Any]) -> dict
 
 @ChatConsumer.on_first_connection
 async def went_online(user_id: int, conversation_ids: list[str]) -> None:
-    await db_call(services.went_online)(user_id=user_id, conversation_ids=conversation_ids)
+    """The registry found the user offline: its database and Firestore writes are batched."""
+    online.batcher.put(user_id, conversation_ids)

@@ -6,10 +6,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from asgiref.sync import async_to_sync
-
 from chat.presenters import iso
-from realtime.registry import Connection, Instance, get_registry
+from realtime.registry import Connection, Instance, blocking
 
 
 def _ts(value: float) -> str | None:
@@ -41,12 +39,12 @@ def instance_dict(inst: Instance) -> dict[str, Any]:
 
 
 def user_connections(*, user_id: int) -> list[dict[str, Any]]:
-    conns = async_to_sync(get_registry().user_connections)(user_id)
+    conns = blocking(lambda registry: registry.user_connections(user_id))
     return [connection_dict(c) for c in sorted(conns, key=lambda c: c.connected_at)]
 
 
 def cluster_connections() -> dict[str, Any]:
-    conns = async_to_sync(get_registry().all_connections)()
+    conns = blocking(lambda registry: registry.all_connections())
     by_instance = Counter(c.instance_id for c in conns)
     return {
         "total": len(conns),
@@ -57,7 +55,7 @@ def cluster_connections() -> dict[str, Any]:
 
 
 def instances() -> list[dict[str, Any]]:
-    return [instance_dict(i) for i in async_to_sync(get_registry().instances)()]
+    return [instance_dict(i) for i in blocking(lambda registry: registry.instances())]
 
 
 def presence_of(*, viewer_id: int, user_id: object, viewer_is_staff: bool = False) -> dict[str, Any]:

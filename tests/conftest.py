@@ -158,3 +158,22 @@ def _drop_stray_db_sessions(django_db_setup, django_db_blocker):
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         connection.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session():
+    """One real 6-node Redis Cluster (3 masters, 3 replicas) for the whole run."""
+    from harness.redis_cluster import RedisCluster
+
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session):
+    """The session's cluster, healed (killed or frozen nodes back as replicas) and emptied."""
+    redis_cluster_session.heal()
+    redis_cluster_session.flushall()
+    yield redis_cluster_session
+    redis_cluster_session.heal()

@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "chat",
     "presence",
     "health",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -122,12 +123,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_HOST = env_str("REDIS_HOST")
 REDIS_PORT = env_int("REDIS_PORT", 6379, minimum=1)
+REDIS_USERNAME = env_str("REDIS_USERNAME")  # an ACL user; empty is the default user
 REDIS_PASSWORD = env_str("REDIS_PASSWORD")
 REDIS_SSL = env_bool("REDIS_SSL", False)
+# A CA bundle to verify Redis's certificate with (a self-managed CA); empty: the system's store.
+REDIS_SSL_CA_CERTS = env_str("REDIS_SSL_CA_CERTS")
+if REDIS_SSL_CA_CERTS and not os.path.isfile(REDIS_SSL_CA_CERTS):
+    raise ConfigError("REDIS_SSL_CA_CERTS", f"no such file: {REDIS_SSL_CA_CERTS!r}")
 REDIS_DB = env_int("REDIS_DB", 0, minimum=0)
 REDIS_SENTINELS = parse_hostports("REDIS_SENTINELS", env_str("REDIS_SENTINELS")) if env_str("REDIS_SENTINELS") else []
 REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "chat")
+# REDIS_CLUSTER: REDIS_HOST:REDIS_PORT is any node of a Redis Cluster, or a configuration endpoint.
+REDIS_CLUSTER = env_bool("REDIS_CLUSTER", False)
+if REDIS_CLUSTER and REDIS_SENTINELS:
+    raise ConfigError("REDIS_CLUSTER", "a Redis Cluster is not found through Sentinel; unset REDIS_SENTINELS")
+if REDIS_CLUSTER and REDIS_DB:
+    raise ConfigError("REDIS_DB", "a Redis Cluster has database 0 only")
 
 # CHAT_MODE: "auto" (cluster when Redis is configured or answers on localhost:6379), "single"
 # or "cluster". Single mode is one process with an in-process channel layer.
@@ -144,8 +156,11 @@ REDIS_HOST = REDIS_HOST or "localhost"
 REDIS = {
     "host": REDIS_HOST,
     "port": REDIS_PORT,
+    "username": REDIS_USERNAME or None,
     "password": REDIS_PASSWORD or None,
+    "cluster": REDIS_CLUSTER,
     "ssl": REDIS_SSL,
+    "ssl_ca_certs": REDIS_SSL_CA_CERTS or None,
     "db": REDIS_DB,
     "sentinels": REDIS_SENTINELS,
     "sentinel_master": REDIS_SENTINEL_MASTER,
@@ -158,12 +173,26 @@ def _layer_host() -> dict[str, Any] | str:
             "sentinels": REDIS_SENTINELS,
             "master_name": REDIS_SENTINEL_MASTER,
             "sentinel_kwargs": {"password": REDIS_PASSWORD} if REDIS_PASSWORD else {},
+            "username": REDIS_USERNAME or None,
             "password": REDIS_PASSWORD or None,
             "db": REDIS_DB,
         }
     scheme = "rediss" if REDIS_SSL else "redis"
-    auth = f":{REDIS_PASSWORD}@" if REDIS_PASSWORD else ""
+    auth = f"{REDIS_USERNAME}:{REDIS_PASSWORD}@" if REDIS_PASSWORD else ""
     return f"{scheme}://{auth}{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+
+
+def _cluster_layer_options() -> dict[str, Any]:
+    options: dict[str, Any] = {"require_full_coverage": False}
+    if REDIS_USERNAME:
+        options["username"] = REDIS_USERNAME
+    if REDIS_PASSWORD:
+        options["password"] = REDIS_PASSWORD
+    if REDIS_SSL:
+        options["ssl"] = True
+        if REDIS_SSL_CA_CERTS:
+            options["ssl_ca_certs"] = REDIS_SSL_CA_CERTS
+    return options
 
 
 # "pubsub" (RedisPubSubChannelLayer, the default: chosen by the fan-out benchmark, see README)
@@ -171,7 +200,21 @@ def _layer_host() -> dict[str, Any] | str:
 CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER_BACKEND", "pubsub").lower()
 if CHANNEL_LAYER_BACKEND not in {"pubsub", "core"}:
     raise ConfigError("CHANNEL_LAYER_BACKEND", f"expected pubsub or core, got {CHANNEL_LAYER_BACKEND!r}")
-if CHAT_MODE == "cluster" and CHANNEL_LAYER_BACKEND == "pubsub":
+if REDIS_CLUSTER and CHANNEL_LAYER_BACKEND != "pubsub":
+    raise ConfigError("CHANNEL_LAYER_BACKEND", "on a Redis Cluster events travel on sharded pub/sub; use pubsub")
+if CHAT_MODE == "cluster" and REDIS_CLUSTER:
+    # Sharded pub/sub: one shard channel per group, one connection per master.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis_cluster.RedisClusterChannelLayer",
+            "CONFIG": {
+                "hosts": [{"host": REDIS_HOST, "port": REDIS_PORT}],
+                "prefix": f"{REDIS_KEY_PREFIX}:layer",
+                "cluster_kwargs": _cluster_layer_options(),
+            },
+        }
+    }
+elif CHAT_MODE == "cluster" and CHANNEL_LAYER_BACKEND == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -206,6 +249,26 @@ WS_SEND_QUEUE_FRAMES = env_int("WS_SEND_QUEUE_FRAMES", 1000, minimum=10)
 MESSAGE_MAX_CHARS = env_int("MESSAGE_MAX_CHARS", 4000, minimum=1)
 RATE_LIMIT_MESSAGES = env_str("RATE_LIMIT_MESSAGES", "10/s burst 30")
 RATE_LIMIT_PER_SECOND, RATE_LIMIT_BURST = parse_rate("RATE_LIMIT_MESSAGES", RATE_LIMIT_MESSAGES)
+# A cluster-wide budget per user for every other write and frame type (chat/ratelimit.py);
+# HTTP and the socket share the budget of one action. Sustained refusals close a socket (1008).
+RATE_LIMIT_TYPING = env_str("RATE_LIMIT_TYPING", "2/s burst 10")
+RATE_LIMIT_READS = env_str("RATE_LIMIT_READS", "5/s burst 20")
+RATE_LIMIT_STATUS = env_str("RATE_LIMIT_STATUS", "1/s burst 5")
+RATE_LIMIT_PRESENCE_SYNC = env_str("RATE_LIMIT_PRESENCE_SYNC", "1/s burst 5")
+RATE_LIMIT_PINGS = env_str("RATE_LIMIT_PINGS", "2/s burst 10")
+RATE_LIMIT_RESUMES = env_str("RATE_LIMIT_RESUMES", "1/s burst 5")
+RATE_LIMIT_TICKETS = env_str("RATE_LIMIT_TICKETS", "1/s burst 10")
+RATE_LIMIT_CONVERSATIONS = env_str("RATE_LIMIT_CONVERSATIONS", "1/s burst 10")
+RATE_LIMITS = {
+    "typing": parse_rate("RATE_LIMIT_TYPING", RATE_LIMIT_TYPING),
+    "read": parse_rate("RATE_LIMIT_READS", RATE_LIMIT_READS),
+    "status": parse_rate("RATE_LIMIT_STATUS", RATE_LIMIT_STATUS),
+    "presence_sync": parse_rate("RATE_LIMIT_PRESENCE_SYNC", RATE_LIMIT_PRESENCE_SYNC),
+    "ping": parse_rate("RATE_LIMIT_PINGS", RATE_LIMIT_PINGS),
+    "resume": parse_rate("RATE_LIMIT_RESUMES", RATE_LIMIT_RESUMES),
+    "ticket": parse_rate("RATE_LIMIT_TICKETS", RATE_LIMIT_TICKETS),
+    "conversation": parse_rate("RATE_LIMIT_CONVERSATIONS", RATE_LIMIT_CONVERSATIONS),
+}
 TYPING_MAX_PARTICIPANTS = env_int("TYPING_MAX_PARTICIPANTS", 100, minimum=0)
 TYPING_EXPIRY_SECONDS = 10
 WS_TICKET_TTL_SECONDS = 60
@@ -219,6 +282,13 @@ DRAIN_NOTICE_SECONDS = env_float("DRAIN_NOTICE_SECONDS", 1.0)
 if DRAIN_NOTICE_SECONDS > 5:
     raise ConfigError("DRAIN_NOTICE_SECONDS", "at most 5 (an instance exits within 10 s of SIGTERM)")
 WS_RECONNECT_WINDOW_MS = env_int("WS_RECONNECT_WINDOW_MS", 10000, minimum=0)
+# Messages one resume frame may send in all; past it, resume.truncated (the client pages).
+RESUME_MAX_TOTAL_MESSAGES = env_int("RESUME_MAX_TOTAL_MESSAGES", 10000, minimum=1)
+# Admission: above these an instance refuses handshakes with HTTP 503 and Retry-After (the
+# balancer tries another instance) rather than let every connect crawl; 0 turns a limit off.
+# The rate is about what one instance on one core takes without its connects slowing down.
+WS_MAX_CONNECTS_PER_SECOND = env_int("WS_MAX_CONNECTS_PER_SECOND", 500, minimum=0)
+WS_MAX_SOCKETS = env_int("WS_MAX_SOCKETS", 20000, minimum=0)
 
 # --- Firestore ------------------------------------------------------------------------------
 
@@ -272,7 +342,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.validation.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "core.errors.exception_handler",
@@ -299,6 +369,8 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The client SDK is served as it is published (clients/js/src), at /static/sdk/.
+STATICFILES_DIRS = [("sdk", BASE_DIR / "clients" / "js" / "src")]
 WHITENOISE_USE_FINDERS = True
 
 # --- Logging --------------------------------------------------------------------------------
