@@ -106,7 +106,9 @@ async def test_expired_token_is_401_and_refused_on_the_socket_and_login_issues_a
     ws = await open_ws(a.ws_url, headers={"Authorization": f"Token {old['token']}"}, hello=False)
     assert await ws.closed_code(5) == 4401
 
-    new = (await ahttp("POST", a, "/api/auth/token/", {"username": user.username, "password": PASSWORD})).json()
+    r = await ahttp("POST", a, "/api/auth/token/", {"username": user.username, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    new = r.json()
     assert new["token"] != old["token"]
     assert (await ahttp("GET", a, "/api/me/", token=new["token"])).status_code == 200
 
