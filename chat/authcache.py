@@ -125,7 +125,10 @@ def _now_and_after_commit(func: Callable[[], None]) -> None:
 
 
 def on_token_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
-    _now_and_after_commit(lambda: invalidate_token(instance.key))
+    # Read now: a deletion sets the instance's primary key (the token key) to None afterwards,
+    # before the after-commit call runs.
+    key = instance.key
+    _now_and_after_commit(lambda: invalidate_token(key))
 
 
 def on_user_saved(sender: Any, instance: Any, created: bool = False, **kwargs: Any) -> None:

@@ -166,29 +166,36 @@ def went_online_many(*, users: dict[int, list[str] | None]) -> int:
         rows.update({row.user_id: row for row in UserStatus.objects.select_for_update().filter(user_id__in=missing)})
     now = timezone.now()
     changed = [rows[uid] for uid in ids if uid in rows and not rows[uid].online]
+    public_changed: set[int] = set()
     for row in changed:
+        before = public_state(row)
         row.online, row.last_seen, row.updated_at = True, now, now
         row.version += 1
+        if _bump_public(row, before):  # not for an invisible user: others learn nothing
+            public_changed.add(row.user_id)
     if not changed:
         return 0
-    UserStatus.objects.bulk_update(changed, ["online", "last_seen", "version", "updated_at"])
+    UserStatus.objects.bulk_update(changed, ["online", "last_seen", "version", "updated_at", *PUBLIC_FIELDS])
     outbox: list[StatusOutbox] = []
     for row in changed:
         public = presence_view(row, public=True)
-        conversation_ids = users[row.user_id]
+        visible = row.user_id in public_changed
+        conversation_ids = users[row.user_id] if visible else []
         if conversation_ids is None:
             conversation_ids = conversation_ids_of(user_id=row.user_id)
         events.versioned(
             user_id=row.user_id,
             version=row.version,
             conversation_ids=conversation_ids,
-            public={"type": "presence", **public},
+            public={"type": "presence", **public} if visible else None,
             own={"type": "presence", **presence_view(row, public=False)},
         )
+        if not visible:
+            continue  # Firestore holds the public view: nothing changed there
         outbox.append(
             StatusOutbox(
                 user_id=row.user_id,
-                version=row.version,
+                version=row.public_version,
                 payload=public,
                 enqueued_at=now,
                 next_attempt_at=now,

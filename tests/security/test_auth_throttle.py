@@ -106,7 +106,9 @@ async def test_expired_token_is_401_and_refused_on_the_socket_and_login_issues_a
     ws = await open_ws(a.ws_url, headers={"Authorization": f"Token {old['token']}"}, hello=False)
     assert await ws.closed_code(5) == 4401
 
-    new = (await ahttp("POST", a, "/api/auth/token/", {"username": user.username, "password": PASSWORD})).json()
+    r = await ahttp("POST", a, "/api/auth/token/", {"username": user.username, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    new = r.json()
     assert new["token"] != old["token"]
     assert (await ahttp("GET", a, "/api/me/", token=new["token"])).status_code == 200
 
@@ -122,3 +124,19 @@ def test_password_change_revokes_the_token(one, transactional_db):
     new = login(a, user.username, "a-brand-new-password").json()["token"]
     assert new != old
     assert http("GET", a, "/api/me/", token=new).status_code == 200
+
+
+@pytest.fixture
+def single(tmp_path):
+    """One instance in single mode (no Redis): the budgets live in the process."""
+    c = cluster_of(tmp_path, servers={"a": "uvicorn"}, CHAT_MODE="single", LOGIN_RATE_LIMIT_ACCOUNT="3/m burst 3")
+    yield c.servers["a"]
+    c.stop()
+
+
+def test_single_mode_throttles_in_process(single, transactional_db):
+    user = UserFactory()
+    assert http("GET", single, "/api/health").json()["mode"] == "single"
+    for _ in range(3):
+        assert login(single, user.username, WRONG).status_code == 400
+    assert_rate_limited(login(single, user.username, PASSWORD))

@@ -127,3 +127,16 @@ async def test_invisible_user_reveals_nothing_to_contacts(server, transactional_
     assert len(snapshot) == len({p["user_id"] for p in snapshot})
     await bob_ws.close()
     await carol_ws.close()
+
+
+async def test_a_visible_user_coming_online_moves_the_public_version(server, transactional_db):
+    alice, bob = await database_sync_to_async(lambda: [UserFactory(), UserFactory()])()
+    await database_sync_to_async(ConversationFactory)(owner=alice, members=[bob])
+    tokens = {u.pk: await database_sync_to_async(token)(u) for u in (alice, bob)}
+    bob_ws = await open_ws(server.ws_url, headers={"Authorization": f"Token {tokens[bob.pk]}"})
+    before = (await ahttp("GET", server, f"/api/users/{alice.pk}/status/", token=tokens[bob.pk])).json()
+    alice_ws = await open_ws(server.ws_url, headers={"Authorization": f"Token {tokens[alice.pk]}"})
+    online = await bob_ws.expect(lambda f: f.get("type") == "presence" and f.get("user_id") == alice.pk)
+    assert online["online"] is True and online["version"] > before["version"]
+    await alice_ws.close()
+    await bob_ws.close()
