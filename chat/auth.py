@@ -51,11 +51,14 @@ class OptionalOriginValidator(OriginValidator):
         )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        # The scope is marked in place, not copied: each copy stays alive with its socket, and
+        # nothing outside this stack reads the scope after handing it in (uvicorn, daphne and
+        # the admission gate make one per connection).
         origin = dict(scope.get("headers", [])).get(b"origin")
         if origin is None:
-            scope = dict(scope, origin_allowed=False)
+            scope["origin_allowed"] = False
             return await self.application(scope, receive, send)
-        scope = dict(scope, origin_allowed=True)
+        scope["origin_allowed"] = True
         return await super().__call__(scope, receive, send)
 
 
@@ -124,7 +127,7 @@ class WebSocketAuthMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         user, method = await authenticate_scope(scope)
-        scope = dict(scope, user=user, auth_method=method)
+        scope["user"], scope["auth_method"] = user, method  # in place, as OptionalOriginValidator
         return await self.application(scope, receive, send)
 
 
