@@ -34,10 +34,11 @@ def _tag(token_key: str) -> str:
 
 
 def _user_from(entry: dict[str, Any]) -> Any:
+    """The user as the database lookup loads it (``only`` the three fields, the others deferred):
+    the object lives as long as the socket, and a fully built one carries every field."""
     user_model = get_user_model()
-    user = user_model(pk=entry["id"], is_active=entry["active"], **{user_model.USERNAME_FIELD: entry["name"]})
-    user._state.adding = False
-    return user
+    fields = [user_model._meta.pk.attname, user_model.USERNAME_FIELD, "is_active"]
+    return user_model.from_db(None, fields, (entry["id"], entry["name"], entry["active"]))
 
 
 def _entry(user: Any) -> str:
