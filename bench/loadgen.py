@@ -1,7 +1,7 @@
 """Load-generator processes: real `websockets` clients with `Authorization: Token` headers.
 
 Each worker is a separate process (multiprocessing) running one event loop (uvloop). The
-controller (bench/run.py) talks to it over a Pipe: it sends ``(command, args)`` and gets one
+controller (bench/scenarios.py) talks to it over a Pipe: it sends ``(command, args)`` and gets one
 reply per command. Every loop here is bounded in count and time.
 
 Roles:
@@ -368,7 +368,9 @@ class Idle:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
         self.clients: list[tuple[str, str]] = cfg["clients"]  # (url, token)
+        self.urls = {token: url for url, token in self.clients}
         self.socks: list[ClientConnection] = []
+        self.sock_tokens: list[str] = []  # the token of each of socks
         self.next = 0
 
     async def connect(self, upto: int, concurrency: int) -> dict[str, Any]:
@@ -389,6 +391,7 @@ class Idle:
                     failures[type(exc).__name__] += 1
                     return
                 self.socks.append(ws)
+                self.sock_tokens.append(token)
                 first_done.append(time.monotonic())
 
         t0 = time.monotonic()
@@ -401,12 +404,39 @@ class Idle:
             "open": sum(1 for ws in self.socks if ws.close_code is None),
         }
 
-    async def drop(self) -> dict[str, Any]:
-        """Close every socket; the next ``connect`` opens them again (returning users)."""
-        count = len(self.socks)
-        await _close_all(self.socks)
-        self.socks, self.next = [], 0
-        return {"closed": count}
+    async def cycle(self, concurrency: int) -> dict[str, Any]:
+        """Close each socket and open it again at once, ``concurrency`` at a time: returning
+        users, each away for a moment (well within its presence grace)."""
+        sem = asyncio.Semaphore(concurrency)
+        failures: Counter[str] = Counter()
+        pairs = list(zip(self.socks, self.sock_tokens, strict=True))
+        self.socks, self.sock_tokens = [], []
+        done: list[float] = []
+
+        async def one(ws: ClientConnection, token: str) -> None:
+            async with sem:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 3)
+                try:
+                    new, _ = await open_client(
+                        self.urls[token], token, self.cfg.get("deflate", False),
+                        self.cfg.get("open_timeout", OPEN_TIMEOUT),
+                    )  # fmt: skip
+                except Exception as exc:
+                    failures[type(exc).__name__] += 1
+                    return
+                self.socks.append(new)
+                self.sock_tokens.append(token)
+                done.append(time.monotonic())
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(ws, token) for ws, token in pairs))
+        return {
+            "started": t0,
+            "finished": max(done) if done else time.monotonic(),
+            "connected": len(done),
+            "failures": dict(failures),
+        }
 
     async def close(self) -> None:
         await _close_all(self.socks)

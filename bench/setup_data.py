@@ -1,6 +1,6 @@
 """Create the benchmark's users, tokens and conversations in the (throw-away) database.
 
-Run by bench/run.py with DATABASE_URL pointing at the benchmark database:
+Run by bench/scenarios.py with DATABASE_URL pointing at the benchmark database:
 
     python bench/setup_data.py --out DATA.json --receivers 200 --senders 4 --pool 10000
 

@@ -52,11 +52,12 @@ class OptionalOriginValidator:
         if host is False:
             return await _deny(scope, receive, send)
         origin = headers.get("origin")
-        if origin is None:
-            return await self.application(dict(scope, origin_allowed=False), receive, send)
-        if not self.origin_allowed(origin, str(host) or None, self.is_secure(scope, headers)):
+        # The scope is marked in place, not copied: each copy stays alive with its socket, and
+        # nothing outside this stack reads the scope after handing it in.
+        scope["origin_allowed"] = origin is not None
+        if origin is not None and not self.origin_allowed(origin, str(host) or None, self.is_secure(scope, headers)):
             return await _deny(scope, receive, send)
-        return await self.application(dict(scope, origin_allowed=True), receive, send)
+        return await self.application(scope, receive, send)
 
     @staticmethod
     def request_host(scope: dict[str, Any], headers: dict[str, str]) -> str | bool:
@@ -212,7 +213,8 @@ class WebSocketAuthMiddleware:
                 close_code=CloseCode.FANOUT_LOST,
             )
             return None
-        scope = dict(scope, user=user, auth_method=method, **credential)
+        scope["user"], scope["auth_method"] = user, method  # in place, as OptionalOriginValidator
+        scope.update(credential)
         return await self.application(scope, receive, send)
 
 

@@ -34,9 +34,11 @@ def _tag(token_key: str) -> str:
 
 
 def _user_from(entry: dict[str, Any]) -> Any:
+    """The user as the database lookup loads it (``only`` the three fields, the others deferred):
+    the object lives as long as the socket, and a fully built one carries every field."""
     user_model = get_user_model()
-    user = user_model(pk=entry["id"], is_active=entry["active"], **{user_model.USERNAME_FIELD: entry["name"]})
-    user._state.adding = False
+    fields = [user_model._meta.pk.attname, user_model.USERNAME_FIELD, "is_active"]
+    user = user_model.from_db(None, fields, (entry["id"], entry["name"], entry["active"]))
     # What the revocation check compares (a keyed digest, never the password hash itself).
     setattr(user, "password_mark", entry["mark"])  # noqa: B010 (not a field of the model)
     return user

@@ -55,7 +55,9 @@ class Session:
         self.connection_id = connection_id
         self.user_id = user_id
         self.topics: set[str] = set()  # the conversations this socket receives
-        self.queue: deque[str] = deque()
+        # Made when a frame has to wait and dropped once the writer empties it: an idle socket
+        # holds no deque (760 bytes each).
+        self.queue: deque[str] | None = None
         self.queue_limit = queue_limit
         self.writer: asyncio.Task[None] | None = None
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -80,7 +82,9 @@ class Session:
             metrics.frame_out(frame_type)
             self._send_eagerly(text)
             return
-        if len(self.queue) >= self.queue_limit:
+        if self.queue is None:
+            self.queue = deque()
+        elif len(self.queue) >= self.queue_limit:
             logger.warning("outgoing queue overflow", extra={"queued": len(self.queue)})
             self.close(CloseCode.SLOW_CONSUMER)
             return
@@ -154,7 +158,7 @@ class Session:
         if self.closing is not None:
             return
         self.closing = int(code)
-        self.queue.clear()
+        self.queue = None
         self._release_drain_waiter()
         # With no writer running, one starts to close now; a running one closes when its
         # current send returns.
@@ -179,11 +183,12 @@ class Session:
         try:
             if started is not None:
                 await finish_started(*started)
-            send, queue = self.send, self.queue
-            while queue and self.closing is None:
+            send = self.send
+            while (queue := self.queue) and self.closing is None:
                 await send({"type": "websocket.send", "text": queue.popleft()})
                 if self.drain_waiter is not None and len(queue) <= self.drain_mark:
                     self._release_drain_waiter()
+            self.queue = None  # empty (or closing): the next wait makes a new one
             if self.closing is not None:
                 await send({"type": "websocket.close", "code": self.closing})
         except asyncio.CancelledError:
@@ -201,7 +206,7 @@ class Session:
         logger.info("write failed; closing the socket", extra={"error": exc.__class__.__name__})
         already_closing = self.closing is not None and self.closing != CloseCode.ABNORMAL
         self.closing = CloseCode.ABNORMAL if self.closing is None else self.closing
-        self.queue.clear()
+        self.queue = None
         if not already_closing:
             asyncio.get_running_loop().create_task(self._close_transport())
         self._on_dead()
@@ -222,7 +227,7 @@ class Session:
     async def drain_below(self, size: int) -> None:
         """Wait until the writer has sent all but ``size`` queued frames."""
         self.drain_mark = size
-        while len(self.queue) > size and self.closing is None:
+        while self.queue is not None and len(self.queue) > size and self.closing is None:
             if self.writer is None:
                 self._start_writer()
             self.drain_waiter = asyncio.get_running_loop().create_future()

@@ -1,0 +1,1 @@
+"""The benchmark: run with ``python -m bench.run`` from the repository root (bench/README.md)."""
