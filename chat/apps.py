@@ -7,11 +7,13 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from core.db import db_call
+        from core.runtime import runtime
         from realtime.router import router
 
-        from . import authcache, checks, selectors, streams, topics
+        from . import authcache, checks, revocation, selectors, streams, topics
 
         assert checks  # registers the system checks
         authcache.connect_signals()
         topics.connect_signals()
         router.set_stream_source(streams.fetch_messages, db_call(selectors.latest_seqs))
+        runtime.register_loop("chat.credential-check", revocation.run_credential_check_loop)

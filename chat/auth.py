@@ -11,55 +11,115 @@ from __future__ import annotations
 
 from importlib import import_module
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import get_user
-from channels.security.websocket import OriginValidator
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.db.models import F
 from django.http.cookie import parse_cookie
+from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
 from core.db import db_call
+from core.errors import dependency_fault
+from realtime.admission import refuse
+from realtime.protocol import CloseCode
 
 from . import authcache
 
 
-class OptionalOriginValidator(OriginValidator):
-    """Like channels' AllowedHostsOriginValidator, but a missing Origin is let through (and
-    marked), because native clients send none; they then need a token or a ticket."""
+class OptionalOriginValidator:
+    """The handshake's Host and Origin, checked as Django checks an HTTP request:
+
+    * the Host (or X-Forwarded-Host with ``USE_X_FORWARDED_HOST``) must match ALLOWED_HOSTS,
+      else HTTP 403 — as Django's ``get_host()`` refuses it with a 400 over HTTP;
+    * an Origin must equal ``scheme://host[:port]`` of the handshake itself (``https`` when the
+      socket is ``wss`` or ``SECURE_PROXY_SSL_HEADER`` says so), or one of
+      CSRF_TRUSTED_ORIGINS (``https://*.example.com`` matches subdomains of that scheme),
+      exactly like ``CsrfViewMiddleware``'s origin check: scheme, host and port all count.
+
+    A missing Origin is let through and marked, because native clients send none; they then
+    need a token or a ticket (the session cookie is read only with an allowed Origin)."""
 
     def __init__(self, application: Any) -> None:
-        super().__init__(application, allowed_origins=[])
-
-    def allowed_patterns(self) -> list[str]:
-        patterns = list(settings.ALLOWED_HOSTS)
-        if settings.DEBUG and not patterns:
-            patterns = ["localhost", "127.0.0.1", "[::1]"]
-        for origin in settings.CSRF_TRUSTED_ORIGINS:
-            host = urlparse(origin).hostname
-            if host:
-                patterns.append(host)
-        return patterns
-
-    def valid_origin(self, parsed_origin: Any) -> bool:
-        if parsed_origin is None or not parsed_origin.hostname:
-            return False
-        return any(
-            pattern == "*" or is_same_domain(parsed_origin.hostname, pattern.lstrip("[").rstrip("]"))
-            for pattern in self.allowed_patterns()
-        )
+        self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        # The scope is marked in place, not copied: each copy stays alive with its socket, and
-        # nothing outside this stack reads the scope after handing it in (uvicorn, daphne and
-        # the admission gate make one per connection).
-        origin = dict(scope.get("headers", [])).get(b"origin")
+        headers = _headers(scope)
+        host = self.request_host(scope, headers)
+        if host is False:
+            return await _deny(scope, receive, send)
+        origin = headers.get("origin")
         if origin is None:
-            scope["origin_allowed"] = False
+            scope["origin_allowed"] = False  # in place: a copy would live as long as the socket
             return await self.application(scope, receive, send)
+        if not self.origin_allowed(origin, str(host) or None, self.is_secure(scope, headers)):
+            return await _deny(scope, receive, send)
         scope["origin_allowed"] = True
-        return await super().__call__(scope, receive, send)
+        return await self.application(scope, receive, send)
+
+    @staticmethod
+    def request_host(scope: dict[str, Any], headers: dict[str, str]) -> str | bool:
+        """The validated host (with port) of the handshake; False when it is not allowed; ""
+        when the scope carries none at all (in-process test scopes only: HTTP/1.1 servers
+        always pass a Host and the server address)."""
+        host = ""
+        if settings.USE_X_FORWARDED_HOST and headers.get("x-forwarded-host"):
+            host = headers["x-forwarded-host"].split(",")[0].strip()
+        elif headers.get("host"):
+            host = headers["host"]
+        elif scope.get("server"):
+            name, port = scope["server"][0], scope["server"][1]
+            host = f"{name}:{port}" if port not in (80, 443, None) else str(name)
+        if not host:
+            return ""
+        allowed = list(settings.ALLOWED_HOSTS)
+        if settings.DEBUG and not allowed:
+            allowed = [".localhost", "127.0.0.1", "[::1]"]
+        domain, _port = split_domain_port(host)
+        if not domain or not validate_host(domain, allowed):
+            return False
+        return host
+
+    @staticmethod
+    def is_secure(scope: dict[str, Any], headers: dict[str, str]) -> bool:
+        proxy = settings.SECURE_PROXY_SSL_HEADER
+        if proxy:
+            name, value = proxy
+            header = name.lower().removeprefix("http_").replace("_", "-")
+            if header in headers:
+                return headers[header].split(",")[0].strip() == value
+        return scope.get("scheme") in ("wss", "https")
+
+    @staticmethod
+    def origin_allowed(origin: str, host: str | None, secure: bool) -> bool:
+        if host is not None and origin == f"{'https' if secure else 'http'}://{host}":
+            return True
+        trusted = list(settings.CSRF_TRUSTED_ORIGINS)
+        if origin in {o for o in trusted if "*" not in o}:
+            return True
+        try:
+            parsed = urlsplit(origin)
+        except ValueError:
+            return False
+        subdomains = [urlsplit(o) for o in trusted if "*" in o]
+        return any(
+            t.scheme == parsed.scheme and is_same_domain(parsed.netloc, t.netloc.lstrip("*")) for t in subdomains
+        )
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in scope.get("headers", []):
+        out.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+    return out
+
+
+async def _deny(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Refuse before accepting: the ASGI server answers the handshake with HTTP 403."""
+    await WebsocketDenier()(scope, receive, send)
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -74,9 +134,18 @@ def _user_for_token(key: str) -> Any:
 
     # One join, and only the fields the socket uses (the user object lives as long as the
     # socket): cheaper to build than select_related, and a smaller object per connection.
+    # The password hash is read for the revocation check (chat/revocation.py); an expired
+    # token finds nobody (4401).
+    from .authentication import token_cutoff
+
     user_model = get_user_model()
-    fields = ("pk", user_model.USERNAME_FIELD, "is_active")
-    return user_model.objects.filter(auth_token__key=key).only(*fields).first()
+    fields = ("pk", user_model.USERNAME_FIELD, "is_active", "password")
+    qs = user_model.objects.filter(auth_token__key=key)
+    cutoff = token_cutoff()
+    if cutoff is not None:
+        qs = qs.filter(auth_token__created__gte=cutoff)
+    # The token's age goes into the auth cache (chat/authcache.py), which expires it the same way.
+    return qs.only(*fields).annotate(token_created=F("auth_token__created")).first()
 
 
 def _user_for_ticket(ticket: str) -> Any:
@@ -90,26 +159,26 @@ def _user_for_ticket(ticket: str) -> Any:
     return get_user_model().objects.filter(pk=user_id).first()
 
 
-async def authenticate_scope(scope: dict[str, Any]) -> tuple[Any, str]:
-    """(user or AnonymousUser, method). An inactive user is returned as is: the consumer closes
-    with 4403 for it, which tells a client to stop retrying."""
+async def authenticate_scope(scope: dict[str, Any]) -> tuple[Any, str, dict[str, str]]:
+    """(user or AnonymousUser, method, what the credential was). An inactive user is returned
+    as is: the consumer closes with 4403 for it, which tells a client to stop retrying."""
     authorization = _header(scope, b"authorization")
     if authorization:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() == "token" and key.strip():
             user = await authcache.user_for_token(key.strip(), db_call(_user_for_token))
-            return (user or AnonymousUser()), "token"
-        return AnonymousUser(), "token"
+            return (user or AnonymousUser()), "token", {"auth_token": key.strip()}
+        return AnonymousUser(), "token", {}
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     tickets = query.get("ticket")
     if tickets:
         user = await db_call(_user_for_ticket)(tickets[0])
-        return (user or AnonymousUser()), "ticket"
+        return (user or AnonymousUser()), "ticket", {}
     if scope.get("origin_allowed"):
         session = _session(scope)
         if session is not None:
-            return await get_user({"session": session}), "session"
-    return AnonymousUser(), "none"
+            return await get_user({"session": session}), "session", {"auth_session": session.session_key}
+    return AnonymousUser(), "none", {}
 
 
 def _session(scope: dict[str, Any]) -> Any:
@@ -126,8 +195,26 @@ class WebSocketAuthMiddleware:
         self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        user, method = await authenticate_scope(scope)
-        scope["user"], scope["auth_method"] = user, method  # in place, as OptionalOriginValidator
+        try:
+            user, method, credential = await authenticate_scope(scope)
+        except Exception as exc:
+            fault = dependency_fault(exc)
+            if fault is None:
+                raise
+            # The database (tokens, sessions) or Redis (tickets) is away: refuse with 503 so
+            # that a balancer tries another instance and the client retries, never a 500.
+            await refuse(
+                scope,
+                receive,
+                send,
+                status=fault.status,
+                code=fault.code,
+                retry_after=max(1, round(fault.retry_after or 1)),
+                detail=fault.detail,
+                close_code=CloseCode.FANOUT_LOST,
+            )
+            return None
+        scope.update(user=user, auth_method=method, **credential)  # in place, as the origin check
         return await self.application(scope, receive, send)
 
 

@@ -38,11 +38,32 @@ def _user_from(entry: dict[str, Any]) -> Any:
     the object lives as long as the socket, and a fully built one carries every field."""
     user_model = get_user_model()
     fields = [user_model._meta.pk.attname, user_model.USERNAME_FIELD, "is_active"]
-    return user_model.from_db(None, fields, (entry["id"], entry["name"], entry["active"]))
+    user = user_model.from_db(None, fields, (entry["id"], entry["name"], entry["active"]))
+    # What the revocation check compares (a keyed digest, never the password hash itself).
+    setattr(user, "password_mark", entry["mark"])  # noqa: B010 (not a field of the model)
+    return user
 
 
 def _entry(user: Any) -> str:
-    return json.dumps({"id": user.pk, "name": user.get_username(), "active": bool(user.is_active)})
+    from .revocation import password_mark
+
+    created = getattr(user, "token_created", None)
+    return json.dumps(
+        {
+            "id": user.pk,
+            "name": user.get_username(),
+            "active": bool(user.is_active),
+            "mark": password_mark(getattr(user, "password", "") or ""),
+            "created": created.timestamp() if created is not None else None,
+        }
+    )
+
+
+def _expired(entry: dict[str, Any]) -> bool:
+    from .authentication import token_cutoff
+
+    cutoff = token_cutoff()
+    return cutoff is not None and (entry.get("created") is None or entry["created"] < cutoff.timestamp())
 
 
 async def user_for_token(token_key: str, load: Callable[[str], Awaitable[Any]]) -> Any:
@@ -63,7 +84,9 @@ async def _user_for_token(token_key: str, load: Callable[[str], Awaitable[Any]])
         logger.debug("auth cache read failed", extra={"error": exc.__class__.__name__})
         return await load(token_key)
     if seen.value is not None:
-        return _user_from(json.loads(seen.value))
+        entry = json.loads(seen.value)
+        if "mark" in entry:  # an entry of this shape (older ones are read again)
+            return None if _expired(entry) else _user_from(entry)
     user = await load(token_key)
     if user is not None:  # unknown tokens are not cached: nothing to invalidate when one appears
         try:

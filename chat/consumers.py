@@ -13,17 +13,36 @@ from typing import Any
 from django.conf import settings
 
 from core.db import db_call
-from core.errors import Invalid
+from core.errors import Invalid, RateLimited
 from realtime.consumer import RealtimeConsumer
 from realtime.protocol import encode
 
-from . import presenters, schemas, selectors, services
+from . import presenters, ratelimit, revocation, schemas, selectors, services, socket_cap
 from . import topics as topic_cache
 
 assert schemas  # the frames' schemas are registered with the protocol on import
 
 
+# Frames whose handler calls no service that takes from a budget itself (the services behind
+# message.send, typing, read and status.set do, for HTTP and the socket alike).
+FRAME_BUDGETS = {"ping": "ping", "resume": "resume", "presence.sync": "presence_sync"}
+
+
 class ChatConsumer(RealtimeConsumer):
+    resume_running: bool = False
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        """The cap on sockets per user first; once connected, the socket's credential is
+        re-checked periodically (chat/revocation.py)."""
+        user: Any = self.scope.get("user")
+        known = bool(user is not None and user.is_authenticated and user.is_active)
+        if known and await socket_cap.over_cap(int(user.pk)):
+            await self._refuse(socket_cap.CLOSE_TOO_MANY_SOCKETS)
+            return
+        await super().websocket_connect(message)
+        if known and self.registered and self.session is not None:
+            revocation.track(self.session, revocation.credential_for(self.scope, user))
+
     async def topics(self) -> dict[str, int]:
         """The user's conversations and the latest seq of each (from Redis; chat/topics.py)."""
         return await topic_cache.conversation_seqs(self.user_id, _load_conversation_seqs, _load_latest_seqs)
@@ -35,6 +54,12 @@ _conversation_seqs = db_call(selectors.conversation_seqs)
 
 async def _load_conversation_seqs(user_id: int) -> dict[str, int]:
     return await _conversation_seqs(user_id=user_id)
+
+    async def check_budget(self, frame_type: str) -> None:
+        """The user's cluster-wide budget of this frame type (429 when spent)."""
+        budget = FRAME_BUDGETS.get(frame_type)
+        if budget is not None:
+            await ratelimit.acheck(budget, user_id=self.user_id)
 
 
 def _required(data: dict[str, Any], name: str) -> Any:
@@ -78,6 +103,17 @@ async def on_read(consumer: ChatConsumer, data: dict[str, Any]) -> dict[str, Any
 @ChatConsumer.handler("resume")
 async def on_resume(consumer: ChatConsumer, data: dict[str, Any]) -> dict[str, Any]:
     """Send every message after each cursor, in seq order, then ack with where each one ends."""
+    # At most one resume per socket at a time (each may send thousands of frames).
+    if consumer.resume_running:
+        raise RateLimited("A resume is already running on this socket.", retry_after=1.0)
+    consumer.resume_running = True
+    try:
+        return await _resume(consumer, data)
+    finally:
+        consumer.resume_running = False
+
+
+async def _resume(consumer: ChatConsumer, data: dict[str, Any]) -> dict[str, Any]:
     cursors = data.get("cursors")
     if not isinstance(cursors, dict) or len(cursors) > settings.RESUME_MAX_CONVERSATIONS:
         raise Invalid.field("cursors", "Must be an object of conversation id to last seen seq.")
@@ -88,11 +124,17 @@ async def on_resume(consumer: ChatConsumer, data: dict[str, Any]) -> dict[str, A
         parsed[str(selectors.parse_conversation_id(cid))] = seq
     session = consumer.session
     assert session is not None
-    limit = settings.RESUME_MAX_PER_CONVERSATION
+    per_conversation = settings.RESUME_MAX_PER_CONVERSATION
+    # One frame must not buy unbounded output (a thousand cursors from 0): past the total,
+    # conversations with missed messages get resume.truncated and the client pages over HTTP.
+    left = settings.RESUME_MAX_TOTAL_MESSAGES
     resumed: dict[str, int] = {}
+    for cid in parsed:
+        # Held from before the queries (and since connect): a live message arriving meanwhile
+        # waits for the rows.
+        session.take_over_held(cid)
     for cid, after in parsed.items():
-        # Held from before the query: a live message arriving meanwhile waits for the rows.
-        session.resuming[cid] = []
+        limit = min(per_conversation, left)
         try:
             # Participation is checked now, at the time of the action.
             rows = await db_call(selectors.resume_messages)(
@@ -103,6 +145,7 @@ async def on_resume(consumer: ChatConsumer, data: dict[str, Any]) -> dict[str, A
                 await session.drain_below(session.queue_limit // 2)
                 session.push(encode({"type": "message.new", "message": presenters.message(row)}), "message.new")
                 last = row.seq
+            left -= min(len(rows), limit)
             if len(rows) > limit:
                 session.reply({"type": "resume.truncated", "conversation_id": cid, "next_seq": last + 1})
             session.sent_seq[cid] = max(session.sent_seq.get(cid, 0), last)

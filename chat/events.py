@@ -135,13 +135,14 @@ def disconnect_user(*, user_id: int, code: int) -> None:
 
 
 def versioned(
-    *, user_id: int, version: int, conversation_ids: list[str], public: dict[str, Any], own: dict[str, Any]
+    *, user_id: int, version: int, conversation_ids: list[str], public: dict[str, Any] | None, own: dict[str, Any]
 ) -> None:
     """A fact about a user (its presence): ``public`` to everyone sharing a conversation with the
     user, ``own`` to the user's own sockets, in one envelope published to each of the user's
     conversation groups and to the user's group (for a user without conversations). An
     instance that gets it through several of them delivers it once (the router keeps the last
-    version it delivered per user)."""
+    version it delivered per user). ``public`` is None (and ``conversation_ids`` empty) when
+    others have nothing to learn."""
     info = {"user_id": user_id, "version": version, "conversation_ids": conversation_ids, "own_frame": own}
     env = envelope(_user(user_id), public, versioned=info)
     groups = [conversation_group(cid) for cid in conversation_ids] + [user_group(user_id)]

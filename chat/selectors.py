@@ -8,10 +8,10 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
-from core.errors import Invalid, NotFound, NotParticipant
+from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
 
 from .models import Conversation, Message, Participant
 from .presenters import receipt
@@ -35,8 +35,8 @@ def conversation_for(*, user_id: int, conversation_id: object) -> Conversation:
     conversation = Conversation.objects.filter(pk=cid).first()
     if conversation is None:
         raise NotFound("No such conversation.")
-    if not Participant.objects.filter(conversation_id=cid, user_id=user_id).exists():
-        raise NotParticipant()
+    if not active_participant(conversation_id=cid, user_id=user_id):
+        raise_not_participant(user_id=user_id)
     return conversation
 
 
@@ -47,12 +47,37 @@ def conversation_detail(*, user_id: int, conversation_id: object) -> Conversatio
     return Conversation.objects.prefetch_related("participants__user").get(pk=conversation.pk)
 
 
+def active_participant(*, conversation_id: uuid.UUID, user_id: int) -> bool:
+    """Participation and an active account, checked at the time of every action (a socket of a
+    user deactivated a moment ago must not act before its close arrives)."""
+    return Participant.objects.filter(conversation_id=conversation_id, user_id=user_id, user__is_active=True).exists()
+
+
+def raise_not_participant(*, user_id: int) -> None:
+    if not User.objects.filter(pk=user_id, is_active=True).exists():
+        raise PermissionDenied("This account is deactivated.", code="account_inactive")
+    raise NotParticipant()
+
+
 def conversations_of(*, user_id: int) -> QuerySet[Conversation]:
-    """The user's conversations, latest activity first. A conversation without messages counts
-    from its creation; ordering on last_message_at alone puts those first on PostgreSQL, which
-    sorts NULL above every date in a descending order."""
+    """The user's conversations, latest activity first, each with ``unread``: the messages of
+    others after the user's read position. A conversation without messages counts from its
+    creation; ordering on last_message_at alone puts those first on PostgreSQL, which sorts
+    NULL above every date in a descending order."""
+    read_seq = Participant.objects.filter(conversation_id=OuterRef(OuterRef("pk")), user_id=user_id).values(
+        "last_read_seq"
+    )[:1]
+    unread = (
+        Message.objects.filter(conversation_id=OuterRef("pk"), seq__gt=Subquery(read_seq))
+        .exclude(sender_id=user_id)
+        .order_by()
+        .values("conversation_id")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
     return (
         Conversation.objects.filter(participants__user_id=user_id)
+        .annotate(unread=Coalesce(Subquery(unread), 0))
         .prefetch_related("participants__user")
         .order_by(Coalesce("last_message_at", "created_at").desc(), "-created_at", "-id")
     )
@@ -81,6 +106,7 @@ def contact_ids(*, user_id: int) -> list[int]:
     return list(
         Participant.objects.filter(conversation_id__in=mine)
         .exclude(user_id=user_id)
+        .order_by()  # the model's default ordering would defeat distinct()
         .values_list("user_id", flat=True)
         .distinct()
     )
@@ -136,7 +162,7 @@ def resume_messages(*, user_id: int, conversation_id: object, after_seq: int, li
     """Participation checked now (404 or 403 as ``conversation_for``), then the messages after
     ``after_seq`` in seq order: one database call for each conversation of a resume."""
     cid = parse_conversation_id(conversation_id)
-    if not Participant.objects.filter(conversation_id=cid, user_id=user_id).exists():
+    if not active_participant(conversation_id=cid, user_id=user_id):
         conversation_for(user_id=user_id, conversation_id=cid)  # raises the precise error
         raise NotParticipant()
     return messages_after(conversation_id=cid, after_seq=after_seq, limit=limit)

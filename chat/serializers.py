@@ -74,6 +74,7 @@ class ConversationOut(serializers.Serializer):
     last_seq = serializers.IntegerField()
     last_message_at = serializers.CharField(allow_null=True)
     participants = ParticipantOut(many=True)
+    unread = serializers.IntegerField(required=False, help_text="In the caller's list: others' messages not read yet")
 
 
 class ParticipantIn(serializers.Serializer):
@@ -123,3 +124,14 @@ class ReceiptsOut(serializers.Serializer):
 
 class TypingIn(serializers.Serializer):
     state = serializers.ChoiceField(choices=["start", "stop"])
+
+
+class ConversationPageOut(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = ConversationOut(many=True)
+
+
+class TypingOut(serializers.Serializer):
+    broadcast = serializers.BooleanField()

@@ -16,11 +16,12 @@ from django.utils import timezone
 
 from core import metrics, redis_client
 from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
+from core.validation import check_text
 
-from . import events, topics
+from . import events, ratelimit, topics
 from .models import CLIENT_MSG_ID_MAX_CHARS, TITLE_MAX_CHARS, Conversation, Message, Participant
 from .ratelimit import check_send_rate
-from .selectors import conversation_for, parse_conversation_id
+from .selectors import active_participant, conversation_for, parse_conversation_id, raise_not_participant
 
 User = get_user_model()
 
@@ -42,17 +43,30 @@ class ReadResult:
 # --- Conversations and participants ---------------------------------------------------------
 
 
-def _user_ids(raw: Any, field: str) -> list[int]:
+def addable_users(*, actor_id: int, user_ids: list[int]) -> set[int]:
+    """Those of ``user_ids`` the actor may put into a conversation: active users, and under
+    CONVERSATION_ADD_POLICY=contacts only those who already share a conversation with them."""
+    qs = User.objects.filter(pk__in=user_ids, is_active=True)
+    if settings.CONVERSATION_ADD_POLICY == "contacts":
+        mine = Participant.objects.filter(user_id=actor_id).values("conversation_id")
+        qs = qs.filter(pk__in=Participant.objects.filter(conversation_id__in=mine).values("user_id"))
+    return set(qs.values_list("pk", flat=True))
+
+
+def _user_ids(raw: Any, field: str, *, actor_id: int) -> list[int]:
     if not isinstance(raw, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
         raise Invalid.field(field, "Must be a list of user ids.")
     if len(raw) > 1000:
         raise Invalid.field(field, "At most 1000 participants at creation.")
-    ids = list(dict.fromkeys(raw))
-    found = set(User.objects.filter(pk__in=ids, is_active=True).values_list("pk", flat=True))
-    missing = [i for i in ids if i not in found]
-    if missing:
-        raise Invalid.field(field, f"Unknown users: {', '.join(map(str, missing))}.")
+    ids = [i for i in dict.fromkeys(raw) if i != actor_id]
+    # One answer for an id that does not exist, a deactivated user and one the policy
+    # refuses, and never which ids: the error reveals nothing about who exists.
+    if len(addable_users(actor_id=actor_id, user_ids=ids)) != len(ids):
+        raise Invalid.field(field, CANNOT_ADD)
     return ids
+
+
+CANNOT_ADD = "Some of these users cannot be added to a conversation by you."
 
 
 @transaction.atomic
@@ -60,7 +74,9 @@ def conversation_create(*, creator_id: int, title: str = "", participant_ids: An
     """Create a conversation; the creator is its owner and a participant."""
     if not isinstance(title, str) or len(title) > TITLE_MAX_CHARS:
         raise Invalid.field("title", f"Must be a string of at most {TITLE_MAX_CHARS} characters.")
-    ids = [i for i in _user_ids(participant_ids, "participant_ids") if i != creator_id]
+    check_text(title, "title")
+    ratelimit.check("conversation", user_id=creator_id)
+    ids = _user_ids(participant_ids, "participant_ids", actor_id=creator_id)
     conversation = Conversation.objects.create(title=title.strip(), owner_id=creator_id)
     Participant.objects.create(conversation=conversation, user_id=creator_id, role=Participant.Role.OWNER)
     Participant.objects.bulk_create([Participant(conversation=conversation, user_id=i) for i in ids])
@@ -75,13 +91,14 @@ def conversation_create(*, creator_id: int, title: str = "", participant_ids: An
 def participant_add(*, actor_id: int, conversation_id: object, user_id: Any) -> tuple[Participant, bool]:
     """The owner adds a user; their live sockets start receiving at once (``conversation.joined``).
     Returns (participant, created); adding an existing participant changes nothing."""
+    ratelimit.check("conversation", user_id=actor_id)
     conversation = conversation_for(user_id=actor_id, conversation_id=conversation_id)
     if conversation.owner_id != actor_id:
         raise PermissionDenied("Only the owner adds participants.")
     if not isinstance(user_id, int) or isinstance(user_id, bool):
         raise Invalid.field("user_id", "Must be a user id.")
-    if not User.objects.filter(pk=user_id, is_active=True).exists():
-        raise Invalid.field("user_id", "No such user.")
+    if user_id not in addable_users(actor_id=actor_id, user_ids=[user_id]):
+        raise Invalid.field("user_id", CANNOT_ADD)
     participant, created = Participant.objects.get_or_create(conversation=conversation, user_id=user_id)
     if created:
         conversation = Conversation.objects.prefetch_related("participants__user").get(pk=conversation.pk)
@@ -93,6 +110,7 @@ def participant_add(*, actor_id: int, conversation_id: object, user_id: Any) -> 
 def participant_remove(*, actor_id: int, conversation_id: object, user_id: Any) -> None:
     """The owner removes anyone; anyone may leave. When the owner leaves, the longest-standing
     remaining participant becomes the owner. The removed user's sockets stop receiving at once."""
+    ratelimit.check("conversation", user_id=actor_id)
     cid = parse_conversation_id(conversation_id)
     conversation = Conversation.objects.select_for_update().filter(pk=cid).first()
     if conversation is None:
@@ -127,7 +145,7 @@ def _validate_body(body: Any) -> str:
         raise Invalid.field("body", "Must not be blank.")
     if len(body) > settings.MESSAGE_MAX_CHARS:
         raise Invalid.field("body", f"At most {settings.MESSAGE_MAX_CHARS} characters.")
-    return body
+    return check_text(body, "body")
 
 
 def _validate_client_msg_id(value: Any) -> str | None:
@@ -135,7 +153,7 @@ def _validate_client_msg_id(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= CLIENT_MSG_ID_MAX_CHARS:
         raise Invalid.field("client_msg_id", f"Must be a string of 1 to {CLIENT_MSG_ID_MAX_CHARS} characters.")
-    return value
+    return check_text(value, "client_msg_id")
 
 
 def message_send(*, sender_id: int, conversation_id: object, body: Any, client_msg_id: Any = None) -> SendResult:
@@ -175,18 +193,20 @@ def _original(cid: uuid.UUID, sender_id: int, client_msg_id: str) -> Message | N
 def _check_participant(cid: uuid.UUID, user_id: int) -> None:
     if not Conversation.objects.filter(pk=cid).exists():
         raise NotFound("No such conversation.")
-    if not Participant.objects.filter(conversation_id=cid, user_id=user_id).exists():
-        raise NotParticipant()
+    if not active_participant(conversation_id=cid, user_id=user_id):
+        raise_not_participant(user_id=user_id)
 
 
 def _send_sql() -> str:
     # Only table names from the models' own metadata are formatted in; values are parameters.
-    conv, part, msg = Conversation._meta, Participant._meta, Message._meta
+    conv, part, msg, user = Conversation._meta, Participant._meta, Message._meta, User._meta
     return f"""
 WITH c AS (
     UPDATE {conv.db_table} SET last_seq = last_seq + 1, last_message_at = %(now)s
     WHERE id = %(cid)s AND EXISTS (
         SELECT 1 FROM {part.db_table} WHERE conversation_id = %(cid)s AND user_id = %(sender)s
+    ) AND EXISTS (
+        SELECT 1 FROM {user.db_table} WHERE {user.pk.column} = %(sender)s AND {user.get_field("is_active").column}
     )
     RETURNING last_seq
 )
@@ -245,8 +265,8 @@ def _send_locked(cid: uuid.UUID, sender_id: int, body: str, client_msg_id: str |
     conversation = Conversation.objects.select_for_update().only("id", "last_seq").filter(pk=cid).first()
     if conversation is None:
         raise NotFound("No such conversation.")
-    if not Participant.objects.filter(conversation_id=cid, user_id=sender_id).exists():
-        raise NotParticipant()
+    if not active_participant(conversation_id=cid, user_id=sender_id):
+        raise_not_participant(user_id=sender_id)
     if client_msg_id is not None:
         original = _original(cid, sender_id, client_msg_id)
         if original is not None:
@@ -273,6 +293,7 @@ def read_mark(*, user_id: int, conversation_id: object, seq: Any) -> ReadResult:
     """Move the user's read marker forward; a lower seq than already read changes nothing."""
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise Invalid.field("seq", "Must be a non-negative whole number.")
+    ratelimit.check("read", user_id=user_id)
     conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
     if seq > conversation.last_seq:
         raise Invalid.field("seq", f"Past the last message (seq {conversation.last_seq}).")
@@ -288,11 +309,19 @@ def read_mark(*, user_id: int, conversation_id: object, seq: Any) -> ReadResult:
 
 def typing_set(*, user_id: int, conversation_id: object, state: Any) -> bool:
     """Broadcast a typing state to the other participants. Returns whether it was broadcast:
-    conversations over TYPING_MAX_PARTICIPANTS get none (it would be noise at that size)."""
+    conversations over TYPING_MAX_PARTICIPANTS get none (it would be noise at that size), and
+    a state that repeats the last one broadcast is dropped."""
     if state not in TYPING_STATES:
         raise Invalid.field("state", "Must be 'start' or 'stop'.")
+    ratelimit.check("typing", user_id=user_id)
     conversation = conversation_for(user_id=user_id, conversation_id=conversation_id)
     if Participant.objects.filter(conversation=conversation).count() > settings.TYPING_MAX_PARTICIPANTS:
+        return False
+    # A repeated "start" is dropped for half the expiry only: a user still typing is broadcast
+    # again before the receivers' indicator lapses (it expires TYPING_EXPIRY_SECONDS after the
+    # last broadcast start). A repeated "stop" is dropped until the expiry has passed.
+    lifetime = settings.TYPING_EXPIRY_SECONDS / 2 if state == "start" else settings.TYPING_EXPIRY_SECONDS
+    if not ratelimit.changed("typing", conversation.id, user_id, state=state, lifetime_seconds=lifetime):
         return False
     events.typing(conversation_id=conversation.id, user_id=user_id, state=state)
     return True
@@ -305,10 +334,11 @@ _local_tickets: dict[str, tuple[int, float]] = {}
 
 def ws_ticket_issue(*, user_id: int) -> str:
     """A single-use ticket for ``/ws/chat/?ticket=``, valid WS_TICKET_TTL_SECONDS."""
+    ratelimit.check("ticket", user_id=user_id)
     ticket = secrets.token_urlsafe(32)
     ttl = settings.WS_TICKET_TTL_SECONDS
     if redis_client.cluster_mode():
-        redis_client.get_sync().set(redis_client.key("ticket", ticket), user_id, ex=ttl)
+        redis_client.with_failover_retry(lambda r: r.set(redis_client.key("ticket", ticket), user_id, ex=ttl))
     else:
         now = timezone.now().timestamp()
         for stale in [k for k, (_, exp) in _local_tickets.items() if exp < now]:
@@ -322,7 +352,7 @@ def ws_ticket_consume(*, ticket: str) -> int | None:
     if not ticket or len(ticket) > 128:
         return None
     if redis_client.cluster_mode():
-        value = redis_client.get_sync().getdel(redis_client.key("ticket", ticket))
+        value = redis_client.with_failover_retry(lambda r: r.getdel(redis_client.key("ticket", ticket)))
         return int(value) if value is not None else None
     entry = _local_tickets.pop(ticket, None)
     if entry is None or entry[1] < timezone.now().timestamp():

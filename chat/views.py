@@ -8,7 +8,6 @@ from django.conf import settings
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.authtoken.models import Token
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,9 +16,11 @@ from rest_framework.views import APIView
 from core.errors import Invalid
 
 from . import presenters, selectors, services
+from .authentication import token_for_login
 from .serializers import (
     ConversationIn,
     ConversationOut,
+    ConversationPageOut,
     LoginIn,
     MessageIn,
     MessageOut,
@@ -31,6 +32,7 @@ from .serializers import (
     TicketOut,
     TokenOut,
     TypingIn,
+    TypingOut,
     UserOut,
 )
 
@@ -57,13 +59,14 @@ class TokenLoginView(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(request=LoginIn, responses={200: TokenOut}, summary="Exchange credentials for a token")
+    # Throttled per account and per address in the authentication backend (429 rate_limited).
     def post(self, request: Request) -> Response:
         data = parse(LoginIn, request.data)
         user = authenticate(request._request, username=data["username"], password=data["password"])
         if user is None or not user.is_active:
             message = "Unable to log in with the provided credentials."
             raise Invalid(message, errors={"non_field_errors": [message]})
-        token, _ = Token.objects.get_or_create(user=user)
+        token = token_for_login(user=user)
         return Response({"token": token.key, "user": user_dict(user)})
 
 
@@ -83,13 +86,20 @@ class MeView(APIView):
 
 
 class ConversationListView(APIView):
-    @extend_schema(responses={200: ConversationOut(many=True)}, summary="The caller's conversations, paginated")
+    @extend_schema(
+        parameters=[OpenApiParameter("page", int, description="Page number, from 1")],
+        responses={200: ConversationPageOut},
+        operation_id="conversations_list",
+        summary="The caller's conversations, paginated",
+    )
     def get(self, request: Request) -> Response:
         from rest_framework.pagination import PageNumberPagination
 
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(selectors.conversations_of(user_id=uid(request)), request, view=self)
-        return paginator.get_paginated_response([presenters.conversation(c) for c in page or []])
+        return paginator.get_paginated_response(
+            [dict(presenters.conversation(c), unread=getattr(c, "unread", 0)) for c in page or []]
+        )
 
     @extend_schema(request=ConversationIn, responses={201: ConversationOut}, summary="Create a conversation")
     def post(self, request: Request) -> Response:
@@ -108,7 +118,11 @@ class ConversationDetailView(APIView):
 
 
 class ParticipantListView(APIView):
-    @extend_schema(request=ParticipantIn, responses={201: ConversationOut}, summary="Add a participant (owner)")
+    @extend_schema(
+        request=ParticipantIn,
+        responses={201: ConversationOut, 200: ConversationOut},
+        summary="Add a participant (owner); 200 when already one",
+    )
     def post(self, request: Request, conversation_id: str) -> Response:
         data = parse(ParticipantIn, request.data)
         _, created = services.participant_add(
@@ -179,7 +193,7 @@ class ReadView(APIView):
 
 
 class TypingView(APIView):
-    @extend_schema(request=TypingIn, responses={202: None}, summary="Typing start or stop")
+    @extend_schema(request=TypingIn, responses={202: TypingOut}, summary="Typing start or stop")
     def post(self, request: Request, conversation_id: str) -> Response:
         data = parse(TypingIn, request.data)
         broadcast = services.typing_set(user_id=uid(request), conversation_id=conversation_id, state=data["state"])

@@ -22,4 +22,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("chat.urls")),
     path("api/", include("presence.urls")),
+    path("", include("web.urls")),
 ]

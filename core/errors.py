@@ -11,12 +11,19 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError as DbInterfaceError
+from django.db import OperationalError as DbOperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from redis import exceptions as redis_exceptions
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
 logger = logging.getLogger("chat.errors")
+
+# What a client is told to wait before retrying after a dependency fault: about what a Sentinel
+# failover or a database restart takes.
+DEPENDENCY_RETRY_AFTER_SECONDS = 2.0
 
 
 class ApplicationError(Exception):
@@ -83,6 +90,45 @@ class RateLimited(ApplicationError):
 class Unavailable(ApplicationError):
     status, code, default_detail = 503, "unavailable", "Service temporarily unavailable."
 
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        # Every 503 tells the client when to come back (the contract).
+        super().__init__(detail, retry_after=retry_after or DEPENDENCY_RETRY_AFTER_SECONDS, **kwargs)
+
+
+# Faults of Redis: down, hung, loading, demoted (READONLY) or mid-failover (Sentinel without a
+# master, a cluster without a slot). ConnectionError covers BusyLoadingError and Sentinel's
+# MasterNotFoundError.
+REDIS_FAULTS: tuple[type[Exception], ...] = (
+    redis_exceptions.ConnectionError,
+    redis_exceptions.TimeoutError,
+    redis_exceptions.ReadOnlyError,
+    redis_exceptions.ClusterDownError,
+    redis_exceptions.ClusterError,
+    redis_exceptions.RedisClusterException,
+    redis_exceptions.TryAgainError,
+)
+# Faults of the database server (down, restarting, connection lost). Integrity and programming
+# errors are bugs, not faults, and stay 500s.
+DATABASE_FAULTS: tuple[type[Exception], ...] = (DbOperationalError, DbInterfaceError)
+
+
+def dependency_fault(exc: BaseException) -> Unavailable | None:
+    """The 503 to answer for ``exc`` when it is a Redis or database fault (or a bounded wait on
+    one that timed out), else None. Logged as one line without a traceback: in an outage every
+    request hits it."""
+    if isinstance(exc, Unavailable):
+        return exc
+    if isinstance(exc, REDIS_FAULTS):
+        dependency = "redis"
+    elif isinstance(exc, DATABASE_FAULTS):
+        dependency = "database"
+    elif isinstance(exc, (TimeoutError, ConnectionError)):
+        dependency = "network"
+    else:
+        return None
+    logger.warning("dependency unavailable", extra={"dependency": dependency, "error": exc.__class__.__name__})
+    return Unavailable(f"The {dependency} is unavailable; retry shortly.")
+
 
 class InternalError(ApplicationError):
     status, code, default_detail = 500, "internal_error", "Internal server error."
@@ -138,11 +184,13 @@ def _render(exc: Exception, context: dict[str, Any]) -> Response:
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
-    elif isinstance(exc, (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError)):
-        # In cluster mode tickets and send buckets live in Redis; without it this instance
-        # cannot do the call. That is a 503 the client retries (elsewhere), not a 500.
-        logger.warning("redis unavailable in %s", context.get("view").__class__.__name__, exc_info=exc)
-        exc = Unavailable()
+    elif isinstance(exc, RequestDataTooBig):
+        exc = TooLarge("The request body is larger than the server accepts.")
+    elif (fault := dependency_fault(exc)) is not None:
+        # In cluster mode tickets and send buckets live in Redis, everything else in the
+        # database; without them this instance cannot do the call. That is a 503 the client
+        # retries (elsewhere), not a 500.
+        exc = fault
 
     if isinstance(exc, ApplicationError):
         body = exc.as_dict()
@@ -214,6 +262,9 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request) and isinstance(exception, RequestDataTooBig):
+        # Raised outside a view (a middleware read the body): still the contract's 413.
+        return JsonResponse(TooLarge("The request body is larger than the server accepts.").as_dict(), status=413)
     if _is_api(request):
         return error_response(ApplicationError())
     from django.views.defaults import bad_request

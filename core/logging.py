@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 from typing import Any
 
 connection_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("connection_id", default=None)
@@ -21,10 +22,19 @@ _SECRET_KEYS = {"token", "ticket", "password", "body", "authorization", "cookie"
 # Authorization header value quoted in a message.
 _SECRET_PARAM = re.compile(r"(?i)(\b(?:ticket|token|access_token|password|api_key|key)=)[^&\s\"']+")
 _SECRET_SCHEME = re.compile(r"(\b(?:Token|Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}")
+# At DEBUG the WebSocket libraries log the handshake's headers ("< cookie: sessionid=…") and
+# every frame ("< TEXT '{…}' [54 bytes]"): headers that carry credentials lose their value,
+# frames their payload (message bodies are user data), keeping direction, kind and size.
+_SECRET_HEADER = re.compile(
+    r"(?im)^([<>]?\s*(?:(?:set-)?cookie:|(?:proxy-)?authorization:(?:\s*[A-Za-z]+(?=\s))?)\s*).*$"
+)
+_FRAME = re.compile(r"(?m)^([<>] (?:TEXT|BINARY|CONT)\b)(.*?)(\s*\[\d+ bytes?\])?$")
 
 
 def redact(text: str) -> str:
-    """Mask credentials that a third-party log message may carry."""
+    """Mask credentials (and frame payloads) that a third-party log message may carry."""
+    text = _SECRET_HEADER.sub(r"\1[redacted]", text)
+    text = _FRAME.sub(lambda m: f"{m.group(1)} [payload redacted]{m.group(3) or ''}", text)
     return _SECRET_SCHEME.sub(r"\1[redacted]", _SECRET_PARAM.sub(r"\1[redacted]", text))
 
 
@@ -72,3 +82,36 @@ class KeyValueFormatter(logging.Formatter):
         exc = fields.pop("exc", None)
         line = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items())
         return f"{line}\n{exc}" if exc else line
+
+
+class RepeatGate:
+    """Lets one report of each kind of failure through per interval and counts the rest, so a
+    client that hits the same failure with every frame cannot fill the log with tracebacks.
+    The kind is the exception's type and the place it was raised."""
+
+    def __init__(self, interval_seconds: float = 60.0, max_kinds: int = 1000) -> None:
+        self.interval = interval_seconds
+        self.max_kinds = max_kinds
+        self._seen: dict[tuple[str, str, int], tuple[float, int]] = {}
+
+    @staticmethod
+    def kind(exc: BaseException) -> tuple[str, str, int]:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("", 0)
+        return (type(exc).__qualname__, *where)
+
+    def allow(self, exc: BaseException) -> int | None:
+        """None when this kind was reported within the interval (counted); otherwise how many
+        of its kind were held back since its last report."""
+        now = time.monotonic()
+        key = self.kind(exc)
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._seen[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._seen) >= self.max_kinds:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return last[1] if last is not None else 0

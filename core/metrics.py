@@ -15,6 +15,7 @@ FANOUT_LATENCY = Histogram(
 )
 ERRORS = Counter("chat_errors_total", "Error replies sent, by code", ["code"])
 RATE_LIMIT_HITS = Counter("chat_rate_limit_hits_total", "Sends refused by the rate limit")
+BUDGET_REFUSALS = Counter("chat_budget_refusals_total", "Requests and frames refused by a rate budget", ["budget"])
 LAYER_ERRORS = Counter("chat_channel_layer_errors_total", "Channel layer operation failures", ["op"])
 LAYER_RECONNECTS = Counter("chat_channel_layer_reconnects_total", "Fan-out path recoveries")
 HEALTH_CHECK_FAILURES = Counter(
@@ -50,3 +51,21 @@ def frame_out(frame_type: str) -> None:
     if child is None:
         child = _frames_out_children[frame_type] = FRAMES_OUT.labels(type=frame_type)
     child.inc()  # type: ignore[attr-defined]
+
+
+# Close codes this server sends or a client sends by the book; any other code a client picks
+# (1000-4999) is folded into its range, so a client cannot mint label values.
+_KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1006, 1008, 1009, 1011, 1012, 4000, 4008, 4401, 4403, 4429})
+
+
+def close_code_label(code: object) -> str:
+    """The ``code`` label of DISCONNECTS for a close code: known ones as is, others bucketed."""
+    try:
+        number = int(str(code))
+    except ValueError:
+        return "other"
+    if number in _KNOWN_CLOSE_CODES:
+        return str(number)
+    if 1000 <= number < 5000:
+        return f"{number // 1000}xxx"
+    return "other"

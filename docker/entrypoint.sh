@@ -3,7 +3,8 @@
 # RUN_MIGRATIONS=1, then exec the command (uvicorn by default).
 #
 #   DATABASE_URL           waited for unless it is SQLite (PostgreSQL: a real login)
-#   REDIS_HOST/REDIS_PORT  waited for (a PING) unless CHAT_MODE=single; REDIS_SENTINELS instead when set
+#   REDIS_HOST/REDIS_PORT  waited for (a PING) unless CHAT_MODE=single; REDIS_SENTINELS instead when set;
+#                          with REDIS_CLUSTER=true, until the node reports cluster_state:ok
 #   WAIT_TIMEOUT_SECONDS   how long to wait in all (default 60)
 #   RUN_MIGRATIONS=1       run "manage.py migrate" first; let one container do it, not every instance
 set -eu
@@ -121,13 +122,24 @@ elif redis_host or mode == "cluster":
     client = redis.Redis(
         host=redis_host or "localhost",
         port=env_int("REDIS_PORT", 6379),
+        username=os.environ.get("REDIS_USERNAME") or None,
         password=os.environ.get("REDIS_PASSWORD") or None,
         ssl=os.environ.get("REDIS_SSL", "").strip().lower() in {"1", "true", "yes", "on"},
         db=env_int("REDIS_DB", 0),
         socket_connect_timeout=2,
         socket_timeout=2,
     )
-    wait_for(f"Redis at {redis_host or 'localhost'}:{env_int('REDIS_PORT', 6379)}", client.ping)
+    where = f"{redis_host or 'localhost'}:{env_int('REDIS_PORT', 6379)}"
+    if os.environ.get("REDIS_CLUSTER", "").strip().lower() in {"1", "true", "yes", "on"}:
+        # A node answers PING before its cluster is formed; wait until it serves every slot.
+        def cluster_ok() -> None:
+            state = client.execute_command("CLUSTER INFO")["cluster_state"]
+            if state != "ok":
+                raise RuntimeError(f"cluster_state:{state}")
+
+        wait_for(f"the Redis Cluster at {where}", cluster_ok)
+    else:
+        wait_for(f"Redis at {where}", client.ping)
 PY
 
 if [ "${RUN_MIGRATIONS:-0}" = 1 ]; then

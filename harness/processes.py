@@ -5,6 +5,7 @@ Every process listens on a free port on 127.0.0.1 and is killed with a real sign
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -48,12 +49,16 @@ def _redis_binary() -> str:
 class RedisServer:
     """A redis-server of our own on a free port, keeping nothing on disk."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: list[str] | None = None) -> None:
         self.port = port or free_port()
+        self.args = list(args or [])  # more redis-server options (--replicaof host port, ...)
         self.proc: subprocess.Popen | None = None
         self.dir = tempfile.mkdtemp(prefix="chat-test-redis-")
+        # A server never stopped (a test run interrupted) still leaves no folder behind.
+        atexit.register(shutil.rmtree, self.dir, ignore_errors=True)
 
     def start(self) -> RedisServer:
+        os.makedirs(self.dir, exist_ok=True)
         self.proc = subprocess.Popen(
             [
                 _redis_binary(),
@@ -71,6 +76,7 @@ class RedisServer:
                 "no",
                 "--loglevel",
                 "warning",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -89,6 +95,7 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def freeze(self) -> None:
         assert self.proc is not None
@@ -101,6 +108,60 @@ class RedisServer:
     def restart_empty(self) -> None:
         self.stop(signal.SIGKILL)
         self.start()
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise RuntimeError("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+    return str(found[-1])
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster of our own (initdb, pg_ctl) on a free port, so a test can
+    stop and restart the database server without touching a shared one. Trusts local
+    connections as user ``postgres``; fsync off (nothing here must survive a power cut)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="chat-test-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "postgres.log"
+        # initdb and postgres refuse to run as root: run them as the postgres system user.
+        self._as: list[str] = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.dir, "postgres")
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        subprocess.run([*self._as, *args], check=True, timeout=timeout, capture_output=True)
+
+    def init(self) -> PostgresServer:
+        self._run(_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        return self
+
+    def start(self) -> PostgresServer:
+        if not self.data.exists():
+            self.init()
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        pg_ctl = _pg_bin("pg_ctl")
+        self._run(pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "30", "start")
+        wait_for_port(self.port, 10)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: clients are disconnected, like a restart; ``immediate``:
+        like a crash)."""
+        if (self.data / "postmaster.pid").exists():
+            self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
+
+    def url(self, name: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def destroy(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def app_env(**extra: str) -> dict[str, str]:
@@ -197,61 +258,83 @@ class AppServer:
         return self.log_path.read_text(errors="replace")
 
 
-class Nginx:
-    """nginx on a free port balancing WebSockets and HTTP over the given upstream ports."""
+SHIPPED_NGINX_CONF = ROOT / "docker" / "nginx.conf"
 
-    def __init__(self, upstream_ports: list[int], work_dir: Path) -> None:
+
+def render_nginx_conf(template: str, upstream_ports: list[int], listen_port: int, work_dir: Path) -> str:
+    """The shipped nginx configuration pointed at local instances: the server lines between the
+    ``chat:upstreams`` markers become one per port with the parameters of the shipped first line
+    (``resolve`` dropped: it needs Docker's DNS), the ``chat:listen`` line listens on
+    ``listen_port``, and nginx keeps its temporary files in ``work_dir``. Nothing else changes."""
+    lines = template.splitlines()
+    try:
+        begin = next(i for i, line in enumerate(lines) if "chat:upstreams:begin" in line)
+        end = next(i for i, line in enumerate(lines) if "chat:upstreams:end" in line)
+        first = next(line for line in lines[begin:end] if line.strip().startswith("server "))
+    except StopIteration:
+        raise ValueError("nginx configuration without chat:upstreams markers and a server line") from None
+    indent = first[: len(first) - len(first.lstrip())]
+    params = [p for p in first.strip().rstrip(";").split()[2:] if p != "resolve"]
+    servers = [indent + " ".join(["server", f"127.0.0.1:{port}", *params]) + ";" for port in upstream_ports]
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if begin < i < end:
+            if i == begin + 1:
+                out.extend(servers)
+            continue
+        if "chat:listen" in line:
+            line = line[: len(line) - len(line.lstrip())] + f"listen 127.0.0.1:{listen_port};"
+        out.append(line)
+        if line.strip() == "http {":
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                out.append(f"    {kind}_temp_path {work_dir}/{kind};")
+    return "\n".join(out) + "\n"
+
+
+class Nginx:
+    """nginx on a free port running the shipped docker/nginx.conf (or ``conf`` text in the same
+    form) over the given upstream ports. Its access log (stdout) and error log (stderr) go to
+    ``access.log`` and ``error.log`` in ``work_dir``."""
+
+    def __init__(self, upstream_ports: list[int], work_dir: Path, conf: str | None = None) -> None:
         self.port = free_port()
         self.upstreams = upstream_ports
         self.dir = work_dir
+        self.template = conf if conf is not None else SHIPPED_NGINX_CONF.read_text()
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def access_log(self) -> Path:
+        return self.dir / "access.log"
+
+    @property
+    def error_log(self) -> Path:
+        return self.dir / "error.log"
 
     def start(self) -> Nginx:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(binary):
             raise RuntimeError("nginx is not installed (apt-get install nginx)")
-        servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in self.upstreams)
-        conf = f"""
-daemon off;
-worker_processes 1;
-pid {self.dir}/nginx.pid;
-error_log {self.dir}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {self.dir}/body;
-  proxy_temp_path {self.dir}/proxy;
-  fastcgi_temp_path {self.dir}/fastcgi;
-  uwsgi_temp_path {self.dir}/uwsgi;
-  scgi_temp_path {self.dir}/scgi;
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  upstream chat {{
-{servers}
-  }}
-  server {{
-    listen 127.0.0.1:{self.port};
-    location / {{
-      proxy_pass http://chat;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_set_header Host $host;
-      proxy_read_timeout 3600s;
-      proxy_next_upstream error timeout http_502 http_503;
-      proxy_connect_timeout 1s;
-    }}
-  }}
-}}
-"""
         conf_path = self.dir / "nginx.conf"
-        conf_path.write_text(conf)
+        conf_path.write_text(render_nginx_conf(self.template, self.upstreams, self.port, self.dir))
+        self._out = open(self.access_log, "ab")
+        self._err = open(self.error_log, "ab")
         self.proc = subprocess.Popen(
-            [binary, "-c", str(conf_path), "-p", str(self.dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [binary, "-c", str(conf_path), "-p", str(self.dir), "-g", f"daemon off; pid {self.dir}/nginx.pid;"],
+            stdout=self._out,
+            stderr=self._err,
         )
         wait_for_port(self.port, 10, self.proc)
         return self
+
+    def statuses(self) -> list[int]:
+        """The HTTP status of every request nginx logged so far (101 for a WebSocket)."""
+        found = []
+        for line in self.access_log.read_text(errors="replace").splitlines():
+            parts = line.split('" ', 1)
+            if len(parts) == 2 and parts[1][:3].isdigit():
+                found.append(int(parts[1][:3]))
+        return found
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -260,7 +343,11 @@ http {{
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(5)
         self.proc = None
+        for f in (getattr(self, "_out", None), getattr(self, "_err", None)):
+            if f is not None:
+                f.close()
 
 
 class SilentListener:

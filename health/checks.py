@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import redis.asyncio.cluster as aiocluster
 from django.conf import settings
 from django.db import connection
 
@@ -20,6 +21,7 @@ from realtime.watchdog import watchdog
 logger = logging.getLogger("health")
 
 CHECK_TIMEOUT_SECONDS = 1.5
+MASTER_TIMEOUT_SECONDS = 0.8
 
 # The database ping blocks a thread. Its own two threads, so a hung database ties up at most
 # these (until the driver's connect_timeout) instead of the loop's default executor, which also
@@ -42,8 +44,70 @@ async def check_database() -> None:
     await asyncio.get_running_loop().run_in_executor(_db_executor, _db_ping)
 
 
-async def check_redis() -> None:
-    await redis_client.get_async().ping()
+class CheckFailed(Exception):
+    """A check that reached its service and found it unfit; ``details`` go into the result."""
+
+    def __init__(self, error: str, details: dict[str, Any]) -> None:
+        super().__init__(error)
+        self.error = error
+        self.details = details
+
+
+async def check_redis() -> dict[str, Any] | None:
+    client = redis_client.get_async()
+    if isinstance(client, aiocluster.RedisCluster):
+        return await _check_redis_cluster(client)
+    await client.ping()
+    return None
+
+
+async def _master_status(client: aiocluster.RedisCluster, node: aiocluster.ClusterNode) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        # Shorter than the whole check: a hung master shows as down next to the others' state.
+        async with asyncio.timeout(MASTER_TIMEOUT_SECONDS):
+            info = await client.execute_command("CLUSTER INFO", target_nodes=node)
+        result: dict[str, Any] = {"status": "ok", "cluster_state": str(info.get("cluster_state", "unknown"))}
+    except TimeoutError:
+        result = {"status": "down", "error": "timeout"}
+    except Exception as exc:
+        result = {"status": "down", "error": exc.__class__.__name__}
+    result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return result
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _refresh_slot_map(client: aiocluster.RedisCluster) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await client.nodes_manager.initialize()
+    except Exception as exc:
+        logger.warning("redis cluster slot map refresh failed", extra={"error": exc.__class__.__name__})
+
+
+async def _check_redis_cluster(client: aiocluster.RedisCluster) -> dict[str, Any]:
+    """Every master answers and reports ``cluster_state:ok``. A cluster that lost slots says
+    ``fail`` (commands on those slots fail), which is ``down``, never ``ok``."""
+    if not client.nodes_manager.slots_cache:
+        await client.initialize()
+    masters = client.get_primaries()
+    statuses = await asyncio.gather(*(_master_status(client, node) for node in masters))
+    by_name = {node.name: status for node, status in zip(masters, statuses, strict=True)}
+    states = {s.get("cluster_state") for s in statuses if s["status"] == "ok"}
+    details: dict[str, Any] = {"cluster_state": "ok" if states == {"ok"} else "fail", "masters": by_name}
+    if any(s["status"] != "ok" for s in statuses):
+        # A master gone (a failover under way, or done while this client still had the old
+        # map): read the slot map again, in the background so this answer is not delayed, and
+        # the next check sees the promoted replica.
+        task = asyncio.get_running_loop().create_task(_refresh_slot_map(client))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        raise CheckFailed("master_unreachable", details)
+    if details["cluster_state"] != "ok":
+        raise CheckFailed("cluster_state_fail", details)
+    return details
 
 
 async def check_channel_layer() -> None:
@@ -57,17 +121,22 @@ async def check_firestore() -> None:
     await firestore_check()
 
 
-async def timed(name: str, check: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+async def timed(name: str, check: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[str, Any]:
     started = time.perf_counter()
+    details: dict[str, Any] | None = None
     try:
-        await asyncio.wait_for(check(), timeout=CHECK_TIMEOUT_SECONDS)
+        details = await asyncio.wait_for(check(), timeout=CHECK_TIMEOUT_SECONDS)
         status = "ok"
         error = None
     except TimeoutError:
         status, error = "down", "timeout"
+    except CheckFailed as exc:
+        status, error, details = "down", exc.error, exc.details
     except Exception as exc:
         status, error = "down", exc.__class__.__name__
     result: dict[str, Any] = {"status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+    if details:
+        result.update(details)
     if error:
         # The exception class only: messages may carry hostnames or credentials.
         result["error"] = error
@@ -85,7 +154,7 @@ async def run_all() -> dict[str, dict[str, Any]]:
     names: list[str] = []
     tasks: list[Awaitable[dict[str, Any]]] = []
 
-    def add(name: str, check: Callable[[], Awaitable[None]]) -> None:
+    def add(name: str, check: Callable[[], Awaitable[dict[str, Any] | None]]) -> None:
         names.append(name)
         tasks.append(timed(name, check))
 

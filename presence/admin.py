@@ -8,15 +8,17 @@ default site's URLs (staff only, through ``admin_view``) and listed on its index
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -24,7 +26,7 @@ from django.views.decorators.http import require_POST
 
 from core.errors import ApplicationError
 
-from . import selectors, services
+from . import roles, selectors, services
 from .models import StatusOutbox, UserStatus
 
 logger = logging.getLogger("presence.admin")
@@ -53,6 +55,24 @@ def _refresh(request: HttpRequest) -> int:
     return int(raw) if raw.isdigit() else REFRESH_SECONDS
 
 
+def requires(permission: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Staff (through ``admin_view``) and the permission, else a 403 naming its code."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not request.user.has_perm(permission):
+                return HttpResponseForbidden(
+                    f"403 Forbidden: requires the permission {permission}", content_type="text/plain; charset=utf-8"
+                )
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+@requires(roles.VIEW_CONNECTIONS)
 def connections_view(request: HttpRequest) -> HttpResponse:
     cluster, instances = _registry_snapshot(request)
     alive = {i["instance_id"]: i["alive"] for i in instances}
@@ -99,15 +119,17 @@ def connections_view(request: HttpRequest) -> HttpResponse:
         ],
         "per_user": users,
         "connections": shown,
+        "can_disconnect": request.user.has_perm(roles.DISCONNECT_USER),
     }
     return TemplateResponse(request, "admin/presence/connections.html", context)
 
 
 @require_POST
+@requires(roles.DISCONNECT_USER)
 def disconnect_view(request: HttpRequest) -> HttpResponse:
     user_id = request.POST.get("user_id", "")
     try:
-        closed = services.user_disconnect(user_id=user_id)
+        closed = services.user_disconnect(user_id=user_id, actor=request.user)
     except ApplicationError as exc:
         messages.error(request, f"Nobody disconnected: {exc.detail}")
     else:
@@ -120,6 +142,7 @@ def disconnect_view(request: HttpRequest) -> HttpResponse:
     return HttpResponseRedirect(target)
 
 
+@requires(roles.VIEW_INSTANCES)
 def instances_view(request: HttpRequest) -> HttpResponse:
     _, instances = _registry_snapshot(request)
     context = {
@@ -156,6 +179,30 @@ def _get_app_list(request: HttpRequest, app_label: str | None = None) -> list[di
     if app_label not in (None, "presence") or not request.user.is_staff:
         return app_list
     pages = [
+        page
+        for page, permission in zip(_pages(), (roles.VIEW_CONNECTIONS, roles.VIEW_INSTANCES), strict=True)
+        if request.user.has_perm(permission)
+    ]
+    if not pages:
+        return app_list
+    for app in app_list:
+        if app["app_label"] == "presence":
+            app["models"] = pages + app["models"]
+            return app_list
+    app_list.append(
+        {
+            "name": "Chat operations",
+            "app_label": "presence",
+            "app_url": pages[0]["admin_url"],
+            "has_module_perms": True,
+            "models": pages,
+        }
+    )
+    return app_list
+
+
+def _pages() -> list[dict[str, Any]]:
+    return [
         {
             "name": "Live connections",
             "object_name": "LiveConnections",
@@ -173,20 +220,6 @@ def _get_app_list(request: HttpRequest, app_label: str | None = None) -> list[di
             "perms": {"view": True},
         },
     ]
-    for app in app_list:
-        if app["app_label"] == "presence":
-            app["models"] = pages + app["models"]
-            return app_list
-    app_list.append(
-        {
-            "name": "Chat operations",
-            "app_label": "presence",
-            "app_url": reverse("admin:presence_connections"),
-            "has_module_perms": True,
-            "models": pages,
-        }
-    )
-    return app_list
 
 
 admin.site.get_urls = _get_urls  # type: ignore[method-assign]

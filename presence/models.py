@@ -23,10 +23,21 @@ class UserStatus(models.Model):
     version = models.PositiveBigIntegerField(default=0)
     online = models.BooleanField(default=False)
     last_seen = models.DateTimeField(null=True, blank=True)
+    # What others see has its own version and last_seen, which move only when the public view
+    # moves: an invisible user's connects, disconnects and text changes reveal nothing.
+    public_version = models.PositiveBigIntegerField(default=0)
+    public_last_seen = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         verbose_name_plural = "user statuses"
+        # The operator permissions (presence/roles.py groups them into roles). Registry data
+        # is not a model, so they hang on this one; "manage statuses" is change_userstatus.
+        permissions = [
+            ("view_connections", "Can view live connections"),
+            ("view_instances", "Can view chat instances"),
+            ("disconnect_user", "Can disconnect a user's sockets"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.status} ({'online' if self.online else 'offline'})"

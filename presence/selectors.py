@@ -6,10 +6,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from asgiref.sync import async_to_sync
-
 from chat.presenters import iso
-from realtime.registry import Connection, Instance, get_registry
+from realtime.registry import Connection, Instance, blocking
 
 
 def _ts(value: float) -> str | None:
@@ -41,12 +39,12 @@ def instance_dict(inst: Instance) -> dict[str, Any]:
 
 
 def user_connections(*, user_id: int) -> list[dict[str, Any]]:
-    conns = async_to_sync(get_registry().user_connections)(user_id)
+    conns = blocking(lambda registry: registry.user_connections(user_id))
     return [connection_dict(c) for c in sorted(conns, key=lambda c: c.connected_at)]
 
 
 def cluster_connections() -> dict[str, Any]:
-    conns = async_to_sync(get_registry().all_connections)()
+    conns = blocking(lambda registry: registry.all_connections())
     by_instance = Counter(c.instance_id for c in conns)
     return {
         "total": len(conns),
@@ -57,21 +55,27 @@ def cluster_connections() -> dict[str, Any]:
 
 
 def instances() -> list[dict[str, Any]]:
-    return [instance_dict(i) for i in async_to_sync(get_registry().instances)()]
+    return [instance_dict(i) for i in blocking(lambda registry: registry.instances())]
 
 
 def presence_of(*, viewer_id: int, user_id: object, viewer_is_staff: bool = False) -> dict[str, Any]:
-    """A user's presence as the viewer may see it: self, co-participants and staff; else 403."""
+    """A user's presence as the viewer may see it: self, co-participants and holders of
+    presence.view_userstatus; else 403, the same for an id that does not exist."""
     from chat.selectors import active_user, shares_conversation
-    from core.errors import PermissionDenied
+    from core.errors import NotFound, PermissionDenied
 
     from .models import UserStatus
     from .services import presence_view
 
-    user = active_user(user_id=user_id)
-    is_self = user.pk == viewer_id
-    if not (is_self or viewer_is_staff or shares_conversation(user_id=viewer_id, other_id=user.pk)):
+    try:
+        target = int(str(user_id))
+    except ValueError:
+        raise NotFound("No such user.") from None
+    is_self = target == viewer_id
+    # Refused alike whether or not the user exists: the answer reveals no ids.
+    if not (is_self or viewer_is_staff or shares_conversation(user_id=viewer_id, other_id=target)):
         raise PermissionDenied("You share no conversation with this user.")
+    user = active_user(user_id=target)
     row = UserStatus.objects.filter(user_id=user.pk).first() or UserStatus(user_id=user.pk)
     return presence_view(row, public=not is_self)
 

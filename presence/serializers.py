@@ -15,3 +15,40 @@ class PresenceOut(serializers.Serializer):
     online = serializers.BooleanField()
     last_seen = serializers.CharField(allow_null=True)
     version = serializers.IntegerField()
+
+
+class PresenceListOut(serializers.Serializer):
+    results = PresenceOut(many=True)
+
+
+class ConnectionOut(serializers.Serializer):
+    connection_id = serializers.CharField()
+    user_id = serializers.IntegerField()
+    instance_id = serializers.CharField()
+    connected_at = serializers.CharField(allow_null=True)
+    last_seen = serializers.CharField(allow_null=True)
+    remote_addr = serializers.CharField()
+    user_agent = serializers.CharField()
+
+
+class ConnectionListOut(serializers.Serializer):
+    results = ConnectionOut(many=True)
+
+
+class ClusterConnectionsOut(serializers.Serializer):
+    total = serializers.IntegerField()
+    by_instance = serializers.DictField(child=serializers.IntegerField())
+    users_online = serializers.IntegerField()
+    connections = ConnectionOut(many=True)
+
+
+class InstanceOut(serializers.Serializer):
+    instance_id = serializers.CharField()
+    connections = serializers.IntegerField()
+    last_heartbeat = serializers.CharField(allow_null=True)
+    heartbeat_age_s = serializers.FloatField()
+    alive = serializers.BooleanField()
+
+
+class DisconnectOut(serializers.Serializer):
+    closed = serializers.IntegerField()

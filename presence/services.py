@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chat import events
+from chat import events, ratelimit
 from chat.presenters import iso
 from chat.selectors import conversation_ids_of
 from core.errors import Invalid, NotFound
+from core.validation import check_text
 from realtime.protocol import CloseCode
-from realtime.registry import get_registry, user_connection_count_blocking
+from realtime.registry import user_connection_count_blocking
 
 from . import firestore
 from .models import STATUS_TEXT_MAX_CHARS, StatusOutbox, UserStatus
@@ -30,17 +30,46 @@ from .models import STATUS_TEXT_MAX_CHARS, StatusOutbox, UserStatus
 logger = logging.getLogger("presence")
 
 
+def public_state(row: UserStatus) -> tuple[str, str, bool]:
+    """(status, text, online) as others see them: offline and invisible users as offline."""
+    if not row.online or row.status == UserStatus.Status.INVISIBLE:
+        return "offline", "", False
+    return row.status, row.text, True
+
+
 def presence_view(row: UserStatus, *, public: bool) -> dict[str, Any]:
-    """The ``presence`` frame body of a user, as the user itself (public=False) or others see it."""
-    hidden = not row.online or (public and row.status == UserStatus.Status.INVISIBLE)
+    """The ``presence`` frame body of a user, as the user itself (public=False) or others see it.
+    The public view carries the public version and last_seen, which move only with it."""
+    if public:
+        status, text, online = public_state(row)
+        last_seen, version = row.public_last_seen, row.public_version
+    else:
+        online = row.online
+        status, text = (row.status, row.text) if online else ("offline", "")
+        last_seen, version = row.last_seen, row.version
     return {
         "user_id": row.user_id,
-        "status": "offline" if hidden else row.status,
-        "text": "" if hidden else row.text,
-        "online": not hidden,
-        "last_seen": iso(row.last_seen),
-        "version": row.version,
+        "status": status,
+        "text": text,
+        "online": online,
+        "last_seen": iso(last_seen),
+        "version": version,
     }
+
+
+PUBLIC_FIELDS = ["public_version", "public_last_seen"]
+
+
+def _bump_public(row: UserStatus, before: tuple[str, str, bool]) -> bool:
+    """After a change of ``row``: move the public version (and last_seen, when the public
+    online flag flips) if what others see changed. Returns whether it did."""
+    after = public_state(row)
+    if after == before:
+        return False
+    row.public_version += 1
+    if after[2] != before[2]:
+        row.public_last_seen = timezone.now()
+    return True
 
 
 def _row_for_update(user_id: int) -> UserStatus:
@@ -55,27 +84,29 @@ def _row_for_update(user_id: int) -> UserStatus:
     return UserStatus.objects.select_for_update().get(user_id=user_id)
 
 
-def _publish(row: UserStatus, conversation_ids: list[str] | None = None) -> None:
+def _publish(row: UserStatus, conversation_ids: list[str] | None = None, *, public_changed: bool = True) -> None:
     """Queue the state for Firestore and send the events after commit. ``conversation_ids``
-    (the user's conversations) saves a query when the caller already has them."""
+    (the user's conversations) saves a query when the caller already has them. When the
+    public view did not change, only the user's own sockets hear of it."""
     public = presence_view(row, public=True)
-    if conversation_ids is None:
+    if public_changed and conversation_ids is None:
         conversation_ids = conversation_ids_of(user_id=row.user_id)
     events.versioned(
         user_id=row.user_id,
         version=row.version,
-        conversation_ids=conversation_ids,
-        public={"type": "presence", **public},
+        conversation_ids=(conversation_ids or []) if public_changed else [],
+        public={"type": "presence", **public} if public_changed else None,
         own={"type": "presence", **presence_view(row, public=False)},
     )
-    if firestore.enabled():  # without Firestore there is nothing to queue (presence_resync fills it later)
+    # Firestore holds the public view (others may read it): only its changes go there.
+    if public_changed and firestore.enabled():  # without Firestore nothing to queue (presence_resync fills it later)
         _queue_for_firestore(row, public)
 
 
 def _queue_for_firestore(row: UserStatus, public: dict[str, Any]) -> None:
     now = timezone.now()
     # Coalesce: only the latest state is sent; the lag counts from the oldest unsent one.
-    fields = {"version": row.version, "payload": public, "next_attempt_at": now, "attempts": 0}
+    fields = {"version": row.public_version, "payload": public, "next_attempt_at": now, "attempts": 0}
     if StatusOutbox.objects.filter(user_id=row.user_id).update(**fields):
         return
     try:
@@ -92,13 +123,18 @@ def status_set(*, user_id: int, status: Any, text: Any = None) -> dict[str, Any]
         raise Invalid.field("status", f"Must be one of {', '.join(UserStatus.Status.values)}.")
     if text is not None and (not isinstance(text, str) or len(text) > STATUS_TEXT_MAX_CHARS):
         raise Invalid.field("text", f"Must be a string of at most {STATUS_TEXT_MAX_CHARS} characters.")
+    if text is not None:
+        check_text(text, "text")
+    ratelimit.check("status", user_id=user_id)
     row = _row_for_update(user_id)
     new_text = row.text if text is None else text.strip()
     if (row.status, row.text) != (status, new_text):
+        before = public_state(row)
         row.status, row.text = status, new_text
         row.version += 1
-        row.save(update_fields=["status", "text", "version", "updated_at"])
-        _publish(row)
+        changed = _bump_public(row, before)
+        row.save(update_fields=["status", "text", "version", "updated_at", *PUBLIC_FIELDS])
+        _publish(row, public_changed=changed)
     return presence_view(row, public=False)
 
 
@@ -108,11 +144,13 @@ def went_online(*, user_id: int, conversation_ids: list[str] | None = None) -> N
     row = _row_for_update(user_id)
     if row.online:
         return
+    before = public_state(row)
     row.online = True
     row.last_seen = timezone.now()
     row.version += 1
-    row.save(update_fields=["online", "last_seen", "version", "updated_at"])
-    _publish(row, conversation_ids)
+    changed = _bump_public(row, before)
+    row.save(update_fields=["online", "last_seen", "version", "updated_at", *PUBLIC_FIELDS])
+    _publish(row, conversation_ids, public_changed=changed)
 
 
 @transaction.atomic
@@ -176,16 +214,25 @@ def went_offline(*, user_id: int) -> None:
         return
     if user_connection_count_blocking(user_id) > 0:
         return  # reconnected while this transition was on its way
+    before = public_state(row)
     row.online = False
     row.last_seen = timezone.now()
     row.version += 1
-    row.save(update_fields=["online", "last_seen", "version", "updated_at"])
-    _publish(row)
+    changed = _bump_public(row, before)
+    row.save(update_fields=["online", "last_seen", "version", "updated_at", *PUBLIC_FIELDS])
+    _publish(row, public_changed=changed)
 
 
-def user_disconnect(*, user_id: object, code: int = CloseCode.DISCONNECTED) -> int:
-    """Close every socket of the user, on every instance. Returns how many were open."""
+def user_disconnect(*, user_id: object, code: int = CloseCode.DISCONNECTED, actor: Any = None) -> int:
+    """Close every socket of the user, on every instance. Returns how many were open. An
+    ``actor`` (the operator asking) must hold presence.disconnect_user; without one the
+    caller is the system itself (a management command run with shell access)."""
     from django.contrib.auth import get_user_model
+
+    from .roles import DISCONNECT_USER, require
+
+    if actor is not None:
+        require(actor, DISCONNECT_USER)
 
     try:
         uid = int(str(user_id))
@@ -194,7 +241,7 @@ def user_disconnect(*, user_id: object, code: int = CloseCode.DISCONNECTED) -> i
     # Deactivated users too: that is when an operator most wants their sockets gone.
     if not get_user_model().objects.filter(pk=uid).exists():
         raise NotFound("No such user.")
-    count = async_to_sync(get_registry().user_connection_count)(uid)
+    count = user_connection_count_blocking(uid)
     events.disconnect_user(user_id=uid, code=code)
     return int(count)
 
@@ -208,9 +255,9 @@ def resync_all() -> int:
             now = timezone.now()
             StatusOutbox.objects.update_or_create(
                 user_id=row.user_id,
-                defaults={"version": row.version, "payload": public, "next_attempt_at": now, "attempts": 0},
+                defaults={"version": row.public_version, "payload": public, "next_attempt_at": now, "attempts": 0},
                 create_defaults={
-                    "version": row.version,
+                    "version": row.public_version,
                     "payload": public,
                     "enqueued_at": now,
                     "next_attempt_at": now,

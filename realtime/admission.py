@@ -60,9 +60,18 @@ connect_slots = ConnectSlots(CONNECT_CONCURRENCY)
 
 
 async def refuse(
-    scope: dict[str, Any], receive: Receive, send: Send, *, status: int, code: str, retry_after: int
+    scope: dict[str, Any],
+    receive: Receive,
+    send: Send,
+    *,
+    status: int,
+    code: str,
+    retry_after: int,
+    detail: str = "This instance is not taking sockets.",
+    close_code: int = CloseCode.SHUTDOWN,
 ) -> None:
-    """Refuse a handshake with an HTTP response where the server can, else accept and close."""
+    """Refuse a handshake with an HTTP response where the server can, else accept and close
+    with ``close_code``."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
@@ -72,7 +81,7 @@ async def refuse(
             {
                 "status": status,
                 "code": code,
-                "detail": "This instance is not taking sockets.",
+                "detail": detail,
                 "retry_after": retry_after,
             }
         ).encode()
@@ -90,7 +99,7 @@ async def refuse(
         await send({"type": "websocket.http.response.body", "body": body})
         return
     await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": int(CloseCode.SHUTDOWN)})
+    await send({"type": "websocket.close", "code": int(close_code)})
 
 
 class Limits:
@@ -137,8 +146,10 @@ limits = Limits()
 
 
 class AdmissionGate:
-    """ASGI middleware in front of the WebSocket stack: refuses handshakes while draining and
-    above the admission limits, and counts the sockets it let through while they live."""
+    """ASGI middleware in front of the WebSocket stack: refuses handshakes while draining, while
+    the watchdog finds this instance's fan-out path lost (a balancer then tries another instance
+    in the same request, instead of every client bouncing off this one with 1011), and above the
+    admission limits; it counts the sockets it let through while they live."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -149,6 +160,20 @@ class AdmissionGate:
             return
         if runtime.draining:
             await refuse(scope, receive, send, status=503, code="unavailable", retry_after=1)
+            return
+        from .router import router
+
+        if not router.healthy:
+            await refuse(
+                scope,
+                receive,
+                send,
+                status=503,
+                code="unavailable",
+                retry_after=2,
+                detail="This instance lost its fan-out path.",
+                close_code=CloseCode.FANOUT_LOST,
+            )
             return
         retry_after = limits.admit()
         if retry_after is not None:

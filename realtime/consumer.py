@@ -14,7 +14,6 @@ through its session's bounded queue (``session``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -28,9 +27,9 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from core import metrics
-from core.errors import ApplicationError, Invalid, RateLimited, internal_error_body
-from core.logging import connection_id_var, user_id_var
+from core import metrics, validation
+from core.errors import ApplicationError, Invalid, RateLimited, dependency_fault, internal_error_body
+from core.logging import RepeatGate, connection_id_var, user_id_var
 from core.runtime import runtime
 
 from .admission import connect_slots
@@ -45,6 +44,12 @@ ABUSE_WINDOW_SECONDS = 10.0
 ABUSE_MAX_STRIKES = 20
 TOUCH_INTERVAL_SECONDS = 30.0
 DEAD_CLEANUP_SECONDS = 1.0
+# Live frames of ordered streams on a new socket wait at most this long for the client's first
+# frame (its resume after a reconnect; see Session.hold_until_first_frame).
+PRE_RESUME_HOLD_SECONDS = 1.0
+
+# One traceback per kind of failure a minute, however many frames hit it; the rest are counted.
+_handler_failures = RepeatGate(interval_seconds=60.0)
 
 Handler = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 FirstConnectionHook = Callable[[int, list[str]], Awaitable[None]]
@@ -80,6 +85,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def topics(self) -> dict[str, int]:
         """The ordered streams this user's socket follows, with the latest seq of each."""
         return {}
+
+    async def check_budget(self, frame_type: str) -> None:
+        """Raise RateLimited when the user's budget for this frame type is spent (apps own the
+        budgets; sustained refusals close the socket with 1008 like invalid frames)."""
+        return None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Channels' consumer loop without its per-consumer and per-frame extras: no channel of
@@ -164,6 +174,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         (the socket is then closed with 1011, and the disconnect that follows undoes it)."""
         try:
             topics = await self.topics()
+            session.hold_until_first_frame(list(topics), PRE_RESUME_HOLD_SECONDS)
             # hello is the first frame; the writer starts only once this socket is routed and
             # registered, so a client that has its hello is already reachable everywhere.
             session.reply(dict(self.hello()))
@@ -191,7 +202,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _refuse(self, code: int) -> None:
         await self.accept()
         await self.close(code=int(code))
-        metrics.DISCONNECTS.labels(code=str(int(code))).inc()
+        metrics.DISCONNECTS.labels(code=metrics.close_code_label(int(code))).inc()
         logger.info("refused", extra={"close_code": int(code)})
 
     def _registry_entry(self) -> Connection:
@@ -237,7 +248,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             logger.warning("registry removal failed", extra={"error": exc.__class__.__name__})
         # Our own close code, unless a write failed (then the client's, or 1006 if none came).
         close_code = code if session.closing in (None, CloseCode.ABNORMAL) else session.closing
-        metrics.DISCONNECTS.labels(code=str(close_code)).inc()
+        metrics.DISCONNECTS.labels(code=metrics.close_code_label(close_code)).inc()
         duration = round(time.monotonic() - self.connected_at, 3)
         logger.info("disconnected", extra={"close_code": close_code, "duration_s": duration})
 
@@ -274,22 +285,22 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         try:
             if text_data is None:
                 raise Invalid("Binary frames are not supported; send JSON text.", code="bad_request")
-            try:
-                data = json.loads(text_data)
-            except ValueError:
-                raise Invalid("Frame is not valid JSON.", code="bad_request") from None
+            data = validation.parse(text_data)
             if not isinstance(data, dict):
                 raise Invalid("A frame is a JSON object.", code="bad_request")
             raw_id = data.get("id")
             if raw_id is not None:
                 if not isinstance(raw_id, str) or len(raw_id) > REQUEST_ID_MAX_CHARS:
                     raise Invalid.field("id", f"Must be a string of at most {REQUEST_ID_MAX_CHARS} characters.")
-                request_id = raw_id
+                request_id = validation.check_text(raw_id, "id")  # echoed: it must be sendable
+            # Deep nesting, NUL or a lone surrogate anywhere else: 400, as over HTTP.
+            validation.check_document(text_data, data)
             frame_type = data.get("type")
             handler = self.handlers.get(frame_type) if isinstance(frame_type, str) else None
             if handler is None:
                 raise Invalid.field("type", f"Unknown frame type {str(frame_type)[:40]!r}.")
             metrics.FRAMES_IN.labels(type=frame_type).inc()
+            await self.check_budget(str(frame_type))
             result = await handler(self, data)
             if result is not None and request_id is not None:
                 self.reply({"type": "ack", "id": request_id, **result})
@@ -297,9 +308,20 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             self.error(request_id, exc.as_dict())
             if exc.status in (400, 429):
                 self._strike(rate_limited=isinstance(exc, RateLimited))
-        except Exception:
-            logger.exception("frame handler failed")
-            self.error(request_id, internal_error_body())
+        except Exception as exc:
+            fault = dependency_fault(exc)
+            if fault is not None:  # Redis or the database away: 503 with retry_after, never a 500
+                self.error(request_id, fault.as_dict())
+            else:
+                suppressed = _handler_failures.allow(exc)
+                if suppressed is not None:
+                    logger.exception("frame handler failed", extra={"suppressed_repeats": suppressed})
+                self.error(request_id, internal_error_body())
+                # A frame that fails the server is as abusive when repeated as an invalid one.
+                self._strike(rate_limited=False)
+        finally:
+            if session.resuming:  # no handler runs any more: nothing is held for a resume
+                session.release_held()
 
     def _strike(self, *, rate_limited: bool) -> None:
         """Sustained invalid frames or rate-limit violations close the socket with 1008."""

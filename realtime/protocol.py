@@ -27,6 +27,7 @@ class CloseCode(enum.IntEnum):
     DISCONNECTED = 4000  # by an operator
     NOT_AUTHENTICATED = 4401
     DEACTIVATED = 4403
+    TOO_MANY_SOCKETS = 4429  # WS_MAX_SOCKETS_PER_USER reached
     SLOW_CONSUMER = 4008
     POLICY = 1008  # sustained abuse
     TOO_BIG = 1009

@@ -34,8 +34,9 @@ import socket
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from django.conf import settings
 
@@ -43,6 +44,8 @@ from core import metrics, redis_client
 from core.redis_client import key
 
 logger = logging.getLogger("realtime.registry")
+
+T = TypeVar("T")
 
 SHARDS = 16
 DUE_BATCH = 500
@@ -178,6 +181,9 @@ class RedisRegistry:
         self.started_at = time.time()
         self.beats = 0
         self.local: dict[str, Connection] = {}  # this instance's, written back if Redis lost them
+        # Set by the drain's deregistration: the heartbeat loop runs until the server's own
+        # shutdown ends, and must not write the instance back meanwhile.
+        self.deregistered = False
 
     @property
     def _r(self) -> Any:
@@ -275,6 +281,8 @@ class RedisRegistry:
     async def heartbeat(self) -> bool:
         """Renew this instance's heartbeat. When Redis lost our entry (it restarted empty, or we
         were reaped after a long stall), write every local connection back. Returns whether it did."""
+        if self.deregistered:
+            return False
         local = list(self.local.values())
         now = time.time()
         r = self._r
@@ -289,6 +297,9 @@ class RedisRegistry:
             },
         )
         await r.zadd(instances_key(), {self.instance_id: now})
+        if self.deregistered:  # the drain deregistered while this renewal was in flight: undo it
+            await self._remove_instance(self.instance_id)
+            return False
         first, self.beats = self.beats == 0, self.beats + 1
         if present or first:
             # On the first beat every local connection was just added one by one.
@@ -311,6 +322,7 @@ class RedisRegistry:
         return removed
 
     async def deregister_instance(self) -> None:
+        self.deregistered = True
         self.local.clear()
         await self._remove_instance(self.instance_id)
 
@@ -449,12 +461,26 @@ def get_registry() -> Registry:
 
 
 def user_connection_count_blocking(user_id: int) -> int:
-    """For code in worker threads: a plain blocking read. (Hopping back to the event loop
-    with async_to_sync from there can deadlock while the server shuts the loop down.)"""
+    """For code in worker threads: a plain blocking read."""
     registry = get_registry()
     if isinstance(registry, LocalRegistry):
         return sum(1 for c in list(registry.conns.values()) if c.user_id == user_id)
     return int(redis_client.get_sync().zcard(user_conns_key(user_id)))
+
+
+def blocking(read: Callable[[Registry], Awaitable[T]]) -> T:
+    """Run one registry read from code in a worker thread (DRF views, the admin) on a private
+    event loop. Hopping back to the server's loop with async_to_sync from there can deadlock
+    while the server shuts that loop down; a private loop cannot."""
+
+    async def run() -> T:
+        try:
+            return await read(get_registry())
+        finally:
+            if redis_client.cluster_mode():
+                await redis_client.close_async()
+
+    return asyncio.run(run())
 
 
 def reset_registry() -> None:

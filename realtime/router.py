@@ -378,6 +378,20 @@ class Router:
             return
         self.sequencer.catch_up(latest)
 
+    async def sweep_lagging(self) -> None:
+        """One query for the latest seq of every followed stream; the sequencer fills those
+        still behind since the last sweep (see Sequencer.sweep)."""
+        streams = list(self.by_topic)
+        if not streams:
+            self.sequencer.behind = {}
+            return
+        try:
+            latest = await self.latest_seqs(streams)
+        except Exception as exc:
+            logger.warning("lag sweep query failed", extra={"error": exc.__class__.__name__})
+            return
+        self.sequencer.sweep(latest)
+
     # --- states that end by themselves --------------------------------------------------------
 
     def _schedule_expiry(self, env: Envelope) -> None:

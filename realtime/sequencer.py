@@ -33,6 +33,7 @@ class Sequencer:
         self.last: dict[str, int] = {}
         self.pending: dict[str, dict[int, Any]] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.behind: dict[str, int] = {}  # stream -> latest seq seen ahead of delivery last sweep
 
     def open(self, stream: str, last_seq: int) -> None:
         """Start following ``stream`` after ``last_seq``; a stream already followed keeps its
@@ -67,6 +68,23 @@ class Sequencer:
             if stream in self.last and seq > self.last[stream]:
                 logger.info("catching up missed items", extra={"stream": stream, "upto": seq})
                 self._fill(stream, upto=seq, wait=False)
+
+    def sweep(self, latest: dict[str, int]) -> None:
+        """Called every watchdog round with each stream's latest seq. A stream still behind what
+        the previous round saw lost items with no later one to reveal the gap (the bus's
+        subscriber reconnected between two probes, after a Sentinel failover, and missed what
+        was published meanwhile): fill it. Items merely in flight are released by then."""
+        behind: dict[str, int] = {}
+        for stream, seq in latest.items():
+            last = self.last.get(stream)
+            if last is None or seq <= last:
+                continue
+            before = self.behind.get(stream)
+            if before is not None and last < before:
+                logger.info("filling items whose events were lost", extra={"stream": stream, "upto": before})
+                self._fill(stream, upto=before, wait=False)
+            behind[stream] = seq
+        self.behind = behind
 
     def _release(self, stream: str, seq: int, item: Any) -> None:
         self.last[stream] = seq
@@ -131,3 +149,4 @@ class Sequencer:
         self.tasks.clear()
         self.last.clear()
         self.pending.clear()
+        self.behind.clear()

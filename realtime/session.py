@@ -35,6 +35,8 @@ class Session:
         "connection_id",
         "drain_mark",
         "drain_waiter",
+        "pre_resume",
+        "pre_resume_timer",
         "queue",
         "queue_limit",
         "ready",
@@ -64,6 +66,9 @@ class Session:
         self.ready = False  # frames are written once the socket is routed and registered
         self.sent_seq: dict[str, int] = {}
         self.resuming: dict[str, list[tuple[int, str]]] = {}
+        # Streams held since connect until the client's first frame (see hold_until_first_frame).
+        self.pre_resume: set[str] = set()
+        self.pre_resume_timer: asyncio.TimerHandle | None = None
         self._on_dead = on_dead
 
     # --- pushing ------------------------------------------------------------------------------
@@ -102,6 +107,33 @@ class Session:
         self.sent_seq[stream] = seq
         self.push(text, "message.new")
 
+    def hold_until_first_frame(self, streams: list[str], timeout: float) -> None:
+        """Hold the live frames of ``streams`` until the client's first frame has been handled
+        (or ``timeout``): a client that reconnects sends ``resume`` first, and a frame committed
+        while it was away, sent before the resume is read, would overtake the missed ones the
+        resume sends (out of seq order)."""
+        self.pre_resume = set(streams)
+        for stream in streams:
+            self.resuming.setdefault(stream, [])
+        self.pre_resume_timer = asyncio.get_running_loop().call_later(timeout, self.release_held, False)
+
+    def take_over_held(self, stream: str) -> None:
+        """A resume of ``stream`` holds its live frames from now on, and releases them itself."""
+        self.pre_resume.discard(stream)
+        self.resuming.setdefault(stream, [])
+
+    def release_held(self, everything: bool = True) -> None:
+        """Send what is held, in seq order: the streams held since connect (the timer), or every
+        held stream (once a client frame was handled: no resume is running any more)."""
+        if self.pre_resume_timer is not None:
+            self.pre_resume_timer.cancel()
+            self.pre_resume_timer = None
+        streams = list(self.resuming) if everything else list(self.pre_resume)
+        self.pre_resume = set()
+        for stream in streams:
+            for seq, text in sorted(self.resuming.pop(stream, None) or ()):
+                self.push_sequenced(stream, seq, text)
+
     def start(self) -> None:
         """Routed and registered: write what was queued (hello first) and send eagerly from now on."""
         self.ready = True
@@ -134,6 +166,8 @@ class Session:
 
     def cancel(self) -> None:
         """The socket is gone: stop writing."""
+        if self.pre_resume_timer is not None:
+            self.pre_resume_timer.cancel()
         if self.writer is not None:
             self.writer.cancel()
 

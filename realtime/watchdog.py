@@ -6,6 +6,7 @@ and resume on an instance whose path works, and new sockets are refused until it
 probes pass again, groups are re-added (a Redis that restarted empty forgot them) and missed
 items are caught up from the database; groups are also refreshed every ``REFRESH_SECONDS``.
 A bus that resubscribes by itself (Redis Cluster after a failover) triggers the same catch-up.
+Every round also sweeps for streams left behind by an event lost without a failed probe.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Watchdog:
                 last_refresh = time.monotonic()
             failures = 0
             self.router.healthy = True
+            await self.router.sweep_lagging()
             if time.monotonic() - last_refresh > REFRESH_SECONDS:
                 await self.router.resubscribe_all()
                 await self.router.catch_up()

@@ -24,7 +24,7 @@ apt_install() {
         die "missing system packages; run: sudo apt-get update && sudo apt-get install -y $*"
     fi
     if [ "$_apt_updated" -eq 0 ]; then
-        log "apt-get update"
+        log "apt-get update (up to a minute, quiet meanwhile)"
         apt-get update -qq >/dev/null
         _apt_updated=1
     fi
@@ -59,7 +59,7 @@ ensure_venv() {
 
 # pip_install REQUIREMENTS_FILE: install pinned requirements into $VENV (a no-op when satisfied).
 pip_install() {
-    log "pip install -r $1"
+    log "pip install -r $1 (about a minute the first time, quiet meanwhile; seconds after that)"
     "$VENV/bin/python" -m pip install --quiet -r "$ROOT/$1"
 }
 

@@ -12,7 +12,7 @@ from django.test import TransactionTestCase
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from chat import ratelimit, services
+from chat import login_throttle, ratelimit, services
 from core import redis_client
 from realtime import registry
 from tests.factories import ConversationFactory, UserFactory
@@ -48,6 +48,7 @@ def _fresh_state() -> Any:
     redis_client.get_sync().flushall()
     redis_client.reset_clients()
     ratelimit.reset_local()
+    login_throttle.reset_local()
     services._local_tickets.clear()
     registry.reset_registry()
     yield
@@ -75,7 +76,18 @@ def other_user(db):
 
 @pytest.fixture
 def staff_user(db):
-    return UserFactory(is_staff=True)
+    """Staff in the "operator" role (presence/roles.py): every operator permission."""
+    return operator(UserFactory(is_staff=True))
+
+
+def operator(user, role: str = "operator"):
+    from django.contrib.auth.models import Group
+
+    from presence.roles import ensure_roles
+
+    ensure_roles()  # a transactional test's flush empties the groups the migration made
+    user.groups.add(Group.objects.get(name=role))
+    return user
 
 
 def client_for(user) -> APIClient:
@@ -146,3 +158,22 @@ def _drop_stray_db_sessions(django_db_setup, django_db_blocker):
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         connection.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session():
+    """One real 6-node Redis Cluster (3 masters, 3 replicas) for the whole run."""
+    from harness.redis_cluster import RedisCluster
+
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session):
+    """The session's cluster, healed (killed or frozen nodes back as replicas) and emptied."""
+    redis_cluster_session.heal()
+    redis_cluster_session.flushall()
+    yield redis_cluster_session
+    redis_cluster_session.heal()

@@ -3,6 +3,7 @@ in a fresh process. A bad value must stop start-up with one line that names the 
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -69,6 +70,26 @@ def test_bad_rate_limit_stops_start_up_naming_it(tmp_path, value):
     assert "RATE_LIMIT_MESSAGES" in one_line(result.stderr)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "RATE_LIMIT_TYPING",
+        "RATE_LIMIT_READS",
+        "RATE_LIMIT_STATUS",
+        "RATE_LIMIT_PRESENCE_SYNC",
+        "RATE_LIMIT_PINGS",
+        "RATE_LIMIT_RESUMES",
+        "RATE_LIMIT_TICKETS",
+        "RATE_LIMIT_CONVERSATIONS",
+        "RESUME_MAX_TOTAL_MESSAGES",
+    ],
+)
+def test_a_bad_budget_stops_start_up_naming_it(tmp_path, name):
+    result = manage_check(tmp_path, **{name: "0"})
+    assert result.returncode != 0
+    assert name in one_line(result.stderr)
+
+
 @pytest.mark.parametrize("value", ["10/s burst 30", "600/m", " 5/s "])
 def test_good_rate_limit_starts(tmp_path, value):
     result = manage_check(tmp_path, RATE_LIMIT_MESSAGES=value)
@@ -105,3 +126,33 @@ def test_production_with_secret_key_starts(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+def _load_settings(monkeypatch, **env: str):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    original = sys.modules.pop("chatproject.settings.base", None)
+    try:
+        return importlib.import_module("chatproject.settings.base")
+    finally:
+        if original is not None:
+            sys.modules["chatproject.settings.base"] = original
+
+
+def test_settings_select_the_sharded_layer_and_refuse_conflicts(monkeypatch):
+    base = _load_settings(
+        monkeypatch, REDIS_CLUSTER="true", REDIS_HOST="cfg.example", REDIS_USERNAME="app", REDIS_PASSWORD="p@ss"
+    )
+    layer = base.CHANNEL_LAYERS["default"]
+    assert layer["BACKEND"] == "channels_redis_cluster.RedisClusterChannelLayer"
+    assert layer["CONFIG"]["hosts"] == [{"host": "cfg.example", "port": base.REDIS_PORT}]
+    assert layer["CONFIG"]["cluster_kwargs"]["username"] == "app"
+    assert base.REDIS["cluster"] is True and base.REDIS["username"] == "app"
+    with pytest.raises(SystemExit, match="REDIS_CLUSTER"):
+        _load_settings(monkeypatch, REDIS_SENTINELS="127.0.0.1:26379")
+    monkeypatch.delenv("REDIS_SENTINELS")
+    with pytest.raises(SystemExit, match="REDIS_DB"):
+        _load_settings(monkeypatch, REDIS_DB="2")
+    monkeypatch.delenv("REDIS_DB")
+    with pytest.raises(SystemExit, match="REDIS_CLUSTER"):
+        _load_settings(monkeypatch, REDIS_CLUSTER="maybe")

@@ -54,10 +54,12 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files, not a CDN
     "realtime",
     "chat",
     "presence",
     "health",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -67,6 +69,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "chat.middleware.ApplicationErrorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -120,12 +123,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_HOST = env_str("REDIS_HOST")
 REDIS_PORT = env_int("REDIS_PORT", 6379, minimum=1)
+REDIS_USERNAME = env_str("REDIS_USERNAME")  # an ACL user; empty is the default user
 REDIS_PASSWORD = env_str("REDIS_PASSWORD")
 REDIS_SSL = env_bool("REDIS_SSL", False)
+# A CA bundle to verify Redis's certificate with (a self-managed CA); empty: the system's store.
+REDIS_SSL_CA_CERTS = env_str("REDIS_SSL_CA_CERTS")
+if REDIS_SSL_CA_CERTS and not os.path.isfile(REDIS_SSL_CA_CERTS):
+    raise ConfigError("REDIS_SSL_CA_CERTS", f"no such file: {REDIS_SSL_CA_CERTS!r}")
 REDIS_DB = env_int("REDIS_DB", 0, minimum=0)
 REDIS_SENTINELS = parse_hostports("REDIS_SENTINELS", env_str("REDIS_SENTINELS")) if env_str("REDIS_SENTINELS") else []
 REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "chat")
+# REDIS_CLUSTER: REDIS_HOST:REDIS_PORT is any node of a Redis Cluster, or a configuration endpoint.
+REDIS_CLUSTER = env_bool("REDIS_CLUSTER", False)
+if REDIS_CLUSTER and REDIS_SENTINELS:
+    raise ConfigError("REDIS_CLUSTER", "a Redis Cluster is not found through Sentinel; unset REDIS_SENTINELS")
+if REDIS_CLUSTER and REDIS_DB:
+    raise ConfigError("REDIS_DB", "a Redis Cluster has database 0 only")
 
 # CHAT_MODE: "auto" (cluster when Redis is configured or answers on localhost:6379), "single"
 # or "cluster". Single mode is one process with an in-process channel layer.
@@ -142,8 +156,11 @@ REDIS_HOST = REDIS_HOST or "localhost"
 REDIS = {
     "host": REDIS_HOST,
     "port": REDIS_PORT,
+    "username": REDIS_USERNAME or None,
     "password": REDIS_PASSWORD or None,
+    "cluster": REDIS_CLUSTER,
     "ssl": REDIS_SSL,
+    "ssl_ca_certs": REDIS_SSL_CA_CERTS or None,
     "db": REDIS_DB,
     "sentinels": REDIS_SENTINELS,
     "sentinel_master": REDIS_SENTINEL_MASTER,
@@ -156,12 +173,26 @@ def _layer_host() -> dict[str, Any] | str:
             "sentinels": REDIS_SENTINELS,
             "master_name": REDIS_SENTINEL_MASTER,
             "sentinel_kwargs": {"password": REDIS_PASSWORD} if REDIS_PASSWORD else {},
+            "username": REDIS_USERNAME or None,
             "password": REDIS_PASSWORD or None,
             "db": REDIS_DB,
         }
     scheme = "rediss" if REDIS_SSL else "redis"
-    auth = f":{REDIS_PASSWORD}@" if REDIS_PASSWORD else ""
+    auth = f"{REDIS_USERNAME}:{REDIS_PASSWORD}@" if REDIS_PASSWORD else ""
     return f"{scheme}://{auth}{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+
+
+def _cluster_layer_options() -> dict[str, Any]:
+    options: dict[str, Any] = {"require_full_coverage": False}
+    if REDIS_USERNAME:
+        options["username"] = REDIS_USERNAME
+    if REDIS_PASSWORD:
+        options["password"] = REDIS_PASSWORD
+    if REDIS_SSL:
+        options["ssl"] = True
+        if REDIS_SSL_CA_CERTS:
+            options["ssl_ca_certs"] = REDIS_SSL_CA_CERTS
+    return options
 
 
 # "pubsub" (RedisPubSubChannelLayer, the default: chosen by the fan-out benchmark, see README)
@@ -169,7 +200,21 @@ def _layer_host() -> dict[str, Any] | str:
 CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER_BACKEND", "pubsub").lower()
 if CHANNEL_LAYER_BACKEND not in {"pubsub", "core"}:
     raise ConfigError("CHANNEL_LAYER_BACKEND", f"expected pubsub or core, got {CHANNEL_LAYER_BACKEND!r}")
-if CHAT_MODE == "cluster" and CHANNEL_LAYER_BACKEND == "pubsub":
+if REDIS_CLUSTER and CHANNEL_LAYER_BACKEND != "pubsub":
+    raise ConfigError("CHANNEL_LAYER_BACKEND", "on a Redis Cluster events travel on sharded pub/sub; use pubsub")
+if CHAT_MODE == "cluster" and REDIS_CLUSTER:
+    # Sharded pub/sub: one shard channel per group, one connection per master.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis_cluster.RedisClusterChannelLayer",
+            "CONFIG": {
+                "hosts": [{"host": REDIS_HOST, "port": REDIS_PORT}],
+                "prefix": f"{REDIS_KEY_PREFIX}:layer",
+                "cluster_kwargs": _cluster_layer_options(),
+            },
+        }
+    }
+elif CHAT_MODE == "cluster" and CHANNEL_LAYER_BACKEND == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -204,6 +249,26 @@ WS_SEND_QUEUE_FRAMES = env_int("WS_SEND_QUEUE_FRAMES", 1000, minimum=10)
 MESSAGE_MAX_CHARS = env_int("MESSAGE_MAX_CHARS", 4000, minimum=1)
 RATE_LIMIT_MESSAGES = env_str("RATE_LIMIT_MESSAGES", "10/s burst 30")
 RATE_LIMIT_PER_SECOND, RATE_LIMIT_BURST = parse_rate("RATE_LIMIT_MESSAGES", RATE_LIMIT_MESSAGES)
+# A cluster-wide budget per user for every other write and frame type (chat/ratelimit.py);
+# HTTP and the socket share the budget of one action. Sustained refusals close a socket (1008).
+RATE_LIMIT_TYPING = env_str("RATE_LIMIT_TYPING", "2/s burst 10")
+RATE_LIMIT_READS = env_str("RATE_LIMIT_READS", "5/s burst 20")
+RATE_LIMIT_STATUS = env_str("RATE_LIMIT_STATUS", "1/s burst 5")
+RATE_LIMIT_PRESENCE_SYNC = env_str("RATE_LIMIT_PRESENCE_SYNC", "1/s burst 5")
+RATE_LIMIT_PINGS = env_str("RATE_LIMIT_PINGS", "2/s burst 10")
+RATE_LIMIT_RESUMES = env_str("RATE_LIMIT_RESUMES", "1/s burst 5")
+RATE_LIMIT_TICKETS = env_str("RATE_LIMIT_TICKETS", "1/s burst 10")
+RATE_LIMIT_CONVERSATIONS = env_str("RATE_LIMIT_CONVERSATIONS", "1/s burst 10")
+RATE_LIMITS = {
+    "typing": parse_rate("RATE_LIMIT_TYPING", RATE_LIMIT_TYPING),
+    "read": parse_rate("RATE_LIMIT_READS", RATE_LIMIT_READS),
+    "status": parse_rate("RATE_LIMIT_STATUS", RATE_LIMIT_STATUS),
+    "presence_sync": parse_rate("RATE_LIMIT_PRESENCE_SYNC", RATE_LIMIT_PRESENCE_SYNC),
+    "ping": parse_rate("RATE_LIMIT_PINGS", RATE_LIMIT_PINGS),
+    "resume": parse_rate("RATE_LIMIT_RESUMES", RATE_LIMIT_RESUMES),
+    "ticket": parse_rate("RATE_LIMIT_TICKETS", RATE_LIMIT_TICKETS),
+    "conversation": parse_rate("RATE_LIMIT_CONVERSATIONS", RATE_LIMIT_CONVERSATIONS),
+}
 TYPING_MAX_PARTICIPANTS = env_int("TYPING_MAX_PARTICIPANTS", 100, minimum=0)
 TYPING_EXPIRY_SECONDS = 10
 WS_TICKET_TTL_SECONDS = 60
@@ -217,6 +282,8 @@ DRAIN_NOTICE_SECONDS = env_float("DRAIN_NOTICE_SECONDS", 1.0)
 if DRAIN_NOTICE_SECONDS > 5:
     raise ConfigError("DRAIN_NOTICE_SECONDS", "at most 5 (an instance exits within 10 s of SIGTERM)")
 WS_RECONNECT_WINDOW_MS = env_int("WS_RECONNECT_WINDOW_MS", 10000, minimum=0)
+# Messages one resume frame may send in all; past it, resume.truncated (the client pages).
+RESUME_MAX_TOTAL_MESSAGES = env_int("RESUME_MAX_TOTAL_MESSAGES", 10000, minimum=1)
 # Admission: above these an instance refuses handshakes with HTTP 503 and Retry-After (the
 # balancer tries another instance) rather than let every connect crawl; 0 turns a limit off.
 # The rate is about what one instance on one core takes without its connects slowing down.
@@ -236,6 +303,27 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 # --- Auth, REST framework, OpenAPI ----------------------------------------------------------
 
+# Every authenticate() (the token login, the admin login, anything else) goes through the
+# throttled backend: failed attempts per account and attempts per client address.
+AUTHENTICATION_BACKENDS = ["chat.backends.ThrottledModelBackend"]
+LOGIN_RATE_LIMIT_ACCOUNT = env_str("LOGIN_RATE_LIMIT_ACCOUNT", "5/m burst 10")
+LOGIN_ACCOUNT_PER_SECOND, LOGIN_ACCOUNT_BURST = parse_rate("LOGIN_RATE_LIMIT_ACCOUNT", LOGIN_RATE_LIMIT_ACCOUNT)
+LOGIN_RATE_LIMIT_ADDRESS = env_str("LOGIN_RATE_LIMIT_ADDRESS", "30/m burst 30")
+LOGIN_ADDRESS_PER_SECOND, LOGIN_ADDRESS_BURST = parse_rate("LOGIN_RATE_LIMIT_ADDRESS", LOGIN_RATE_LIMIT_ADDRESS)
+# API tokens expire this long after they were issued (0: never); an expired one is a 401 over
+# HTTP and a 4401 close on the socket, and the next login issues a new one.
+TOKEN_TTL_SECONDS = env_int("TOKEN_TTL_SECONDS", 30 * 24 * 3600, minimum=0)
+# How often each instance re-checks the credentials of its live sockets (deactivated, deleted,
+# password changed, token deleted or expired, even by a bulk update that fires no signal).
+CREDENTIAL_CHECK_SECONDS = env_float("CREDENTIAL_CHECK_SECONDS", 1.0, minimum=0.1)
+# Who may put whom into a conversation: "open" (any active user) or "contacts" (only users
+# who already share a conversation with the actor).
+CONVERSATION_ADD_POLICY = env_str("CONVERSATION_ADD_POLICY", "open").lower()
+if CONVERSATION_ADD_POLICY not in {"open", "contacts"}:
+    raise ConfigError("CONVERSATION_ADD_POLICY", f"expected open or contacts, got {CONVERSATION_ADD_POLICY!r}")
+# Live sockets one user may hold across the cluster; the next handshake is closed with 4429.
+WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 20, minimum=1)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -246,7 +334,7 @@ AUTH_PASSWORD_VALIDATORS = [
 REST_FRAMEWORK = {
     # Token first, so an unauthenticated call gets 401 with a WWW-Authenticate header.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "chat.authentication.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -254,7 +342,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.validation.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "core.errors.exception_handler",
@@ -267,6 +355,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "HTTP API of the chat backend. Every WebSocket action has an endpoint here.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "core.openapi.add_error_responses"],
 }
 
 # --- I18N, static ---------------------------------------------------------------------------
@@ -277,6 +369,8 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The client SDK is served as it is published (clients/js/src), at /static/sdk/.
+STATICFILES_DIRS = [("sdk", BASE_DIR / "clients" / "js" / "src")]
 WHITENOISE_USE_FINDERS = True
 
 # --- Logging --------------------------------------------------------------------------------

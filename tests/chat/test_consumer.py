@@ -40,6 +40,7 @@ async def test_hello_carries_connection_and_instance_ids(trio, settings):
     assert hello["instance_id"] == settings.INSTANCE_ID
     assert hello["user"] == {"id": alice.pk, "username": alice.username}
     assert hello["heartbeat_interval"] == settings.WS_HEARTBEAT_INTERVAL_SECONDS
+    assert hello["reconnect_window_ms"] == settings.WS_RECONNECT_WINDOW_MS == 10000
     other = await connect(alice)
     assert other.hello["connection_id"] != hello["connection_id"]
     await client.close()
@@ -110,7 +111,9 @@ async def test_session_cookie_needs_allowed_origin(trio, settings):
     cookie = (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode())
     no_origin, _, _ = await _raw_connect(headers=[cookie])
     assert (await no_origin.receive_output(3))["code"] == 4401
-    good, connected, _ = await _raw_connect(headers=[cookie, (b"origin", b"http://localhost:8000")])
+    good, connected, _ = await _raw_connect(
+        headers=[cookie, (b"host", b"localhost:8000"), (b"origin", b"http://localhost:8000")]
+    )
     assert connected
     assert json.loads((await good.receive_output(3))["text"])["type"] == "hello"
     await good.disconnect()

@@ -20,20 +20,6 @@ from tests.factories import ConversationFactory, UserFactory
 
 
 @pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
-    """Every event that leaves through chat.events.publish (from any thread)."""
-    sent: list[tuple[str, dict[str, Any]]] = []
-    lock = threading.Lock()
-
-    def record(groups: list[str], message: dict[str, Any]) -> None:
-        with lock:
-            sent.extend((g, {**message, "group": g}) for g in groups)
-
-    monkeypatch.setattr("chat.events.publish", record)
-    return sent
-
-
-@pytest.fixture
 def high_rate_limit(settings: Any) -> None:
     settings.RATE_LIMIT_BURST = 100_000
     settings.RATE_LIMIT_PER_SECOND = 100_000.0

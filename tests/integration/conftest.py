@@ -58,7 +58,9 @@ class Cluster:
         return "\n".join(f"--- {name} ---\n{s.logs()[-4000:]}" for name, s in self.servers.items())
 
 
-def start_cluster(tmp_path: Path, *, servers: dict[str, str], nginx: bool = False, **env: str) -> Cluster:
+def start_cluster(
+    tmp_path: Path, *, servers: dict[str, str], nginx: bool = False, nginx_conf: str | None = None, **env: str
+) -> Cluster:
     redis_server = RedisServer().start()
     base_env = {
         "CHAT_MODE": "cluster",
@@ -79,7 +81,7 @@ def start_cluster(tmp_path: Path, *, servers: dict[str, str], nginx: bool = Fals
         for name, kind in servers.items():
             started[name] = AppServer(kind, name, full_env, tmp_path).start()
         if nginx:
-            cluster.nginx = Nginx([s.port for s in started.values()], tmp_path).start()
+            cluster.nginx = Nginx([s.port for s in started.values()], tmp_path, conf=nginx_conf).start()
     except Exception:
         cluster.stop()
         raise

@@ -170,10 +170,11 @@ async def test_operator_disconnect_closes_sockets_on_every_instance(cluster, peo
 
 @pytest.fixture
 def staff_token(transactional_db):
+    from tests.conftest import operator
     from tests.factories import UserFactory
     from tests.integration.conftest import token
 
-    return token(UserFactory(is_staff=True))
+    return token(operator(UserFactory(is_staff=True)))
 
 
 def registry_conns(cluster, instance_id: str) -> set[str]:

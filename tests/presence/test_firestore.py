@@ -140,8 +140,8 @@ async def test_emulator_down_chat_keeps_working_then_status_catches_up(firestore
 def test_resync_command_pushes_every_users_status(firestore_emulator, user, other_user):
     from django.core.management import call_command
 
-    UserStatus.objects.create(user=user, status="away", online=True, version=7)
-    UserStatus.objects.create(user=other_user, status="busy", online=False, version=3)
+    UserStatus.objects.create(user=user, status="away", online=True, version=9, public_version=7)
+    UserStatus.objects.create(user=other_user, status="busy", online=False, version=3, public_version=3)
     call_command("presence_resync", "--now")
     assert (doc(user.pk)["status"], doc(user.pk)["version"]) == ("away", 7)
     assert (doc(other_user.pk)["status"], doc(other_user.pk)["version"]) == ("offline", 3)

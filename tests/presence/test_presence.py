@@ -114,7 +114,7 @@ async def test_status_set_broadcasts_with_growing_version_and_invisible_shows_of
     hidden = await of(b, alice.pk)
     assert (hidden["status"], hidden["online"], hidden["text"]) == ("offline", False, "")
     assert hidden["version"] > busy["version"]
-    own = await a.expect(lambda f: f["type"] == "presence" and f["version"] == hidden["version"])
+    own = await a.expect(lambda f: f["type"] == "presence" and f["status"] == "invisible")
     assert own["status"] == "invisible"
     err = await a.request({"type": "status.set", "id": "3", "status": "sleeping"})
     assert (err["status"], err["code"]) == (400, "invalid")
@@ -149,7 +149,9 @@ def test_status_endpoints(db, user, other_user, staff_user):
     assert client_for(other_user).get(f"/api/users/{user.pk}/status/").status_code == 200
     assert client_for(staff_user).get(f"/api/users/{user.pk}/status/").status_code == 200
     assert_error(client_for(stranger).get(f"/api/users/{user.pk}/status/"), 403, "permission_denied")
-    assert_error(client_for(user).get("/api/users/999999/status/"), 404, "not_found")
+    # An id that does not exist is refused like a stranger's: existence is not revealed.
+    assert_error(client_for(user).get("/api/users/999999/status/"), 403, "permission_denied")
+    assert_error(client_for(staff_user).get("/api/users/999999/status/"), 404, "not_found")
     assert_error(client_for(user).put("/api/me/status/", {"status": "nap"}, format="json"), 400, "invalid")
     assert_error(client_for(user).put("/api/me/status/", {"text": "x"}, format="json"), 400, "invalid")
 

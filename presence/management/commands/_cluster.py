@@ -10,6 +10,10 @@ from django.conf import settings
 from django.core.management.base import CommandError
 from redis.exceptions import RedisError
 
+from core.redis_client import UNAVAILABLE_ERRORS
+
+_REDIS_FAULTS: tuple[type[BaseException], ...] = (RedisError, OSError, *UNAVAILABLE_ERRORS)
+
 T = TypeVar("T")
 
 
@@ -24,5 +28,5 @@ def require_cluster() -> None:
 def from_registry(read: Callable[[], T]) -> T:
     try:
         return read()
-    except (RedisError, OSError) as exc:
+    except _REDIS_FAULTS as exc:
         raise CommandError(f"Redis unreachable ({exc.__class__.__name__}); check REDIS_HOST / REDIS_PORT.") from None
