@@ -213,8 +213,7 @@ class WebSocketAuthMiddleware:
                 close_code=CloseCode.FANOUT_LOST,
             )
             return None
-        scope["user"], scope["auth_method"] = user, method  # in place, as OptionalOriginValidator
-        scope.update(credential)
+        scope.update(user=user, auth_method=method, **credential)  # in place, as the origin check
         return await self.application(scope, receive, send)
 
 

@@ -43,7 +43,6 @@ async def health(request: HttpRequest) -> JsonResponse:
         "mode": settings.CHAT_MODE,
         "services": services,
         "connections": {"local": router.local_connection_count()},
-        "admission": {"shedding": admission.limits.shedding(), "sockets": admission.limits.sockets},
     }
     return JsonResponse(body, status=code)
 
