@@ -20,30 +20,7 @@ from redis.exceptions import RedisError
 from core import metrics, redis_client
 from core.errors import RateLimited, Unavailable
 
-# KEYS[1] bucket hash; ARGV: rate per second, burst, now (seconds), cost (negative: refund).
-# Returns {allowed (0/1), seconds until the cost is available (string)}.
-_BUCKET_LUA = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil then tokens = burst; ts = now end
-if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate) end
-local allowed = 0
-local wait = 0
-if tokens >= cost then
-  tokens = math.min(burst, tokens - cost)
-  allowed = 1
-else
-  wait = (cost - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, tostring(wait)}
-"""
+from .ratelimit import BUCKET_LUA
 
 _local_lock = threading.Lock()
 _local: dict[str, tuple[float, float]] = {}
@@ -53,7 +30,7 @@ def _take(bucket: str, rate: float, burst: int, cost: float) -> tuple[bool, floa
     now = time.time()
     if redis_client.cluster_mode():
         try:
-            allowed, wait = redis_client.get_sync().eval(_BUCKET_LUA, 1, bucket, rate, burst, now, cost)
+            allowed, wait = redis_client.get_sync().eval(BUCKET_LUA, 1, bucket, rate, burst, now, cost)
         except RedisError:
             # Fail closed: without the shared budget a guesser could spread over instances.
             raise Unavailable("Sign-in is briefly unavailable.", retry_after=1.0) from None

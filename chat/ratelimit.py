@@ -17,9 +17,10 @@ from django.conf import settings
 from core import redis_client
 from core.errors import RateLimited
 
-# KEYS[1] bucket hash; ARGV: rate per second, burst, now (seconds, float), cost.
-# Returns {allowed (0/1), seconds until a token is available (string)}.
-_BUCKET_LUA = """
+# KEYS[1] bucket hash; ARGV: rate per second, burst, now (seconds, float), cost (negative: a
+# refund, as the login throttle gives a correct password its attempt back).
+# Returns {allowed (0/1), seconds until the cost is available (string)}.
+BUCKET_LUA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
@@ -32,7 +33,7 @@ if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate) end
 local allowed = 0
 local wait = 0
 if tokens >= cost then
-  tokens = tokens - cost
+  tokens = math.min(burst, tokens - cost)
   allowed = 1
 else
   wait = (cost - tokens) / rate
@@ -101,7 +102,7 @@ def check(budget: str, *, user_id: int) -> None:
     if redis_client.cluster_mode():
         # Waits out a short failover (then 503): the send goes through rather than failing.
         allowed, wait = redis_client.with_failover_retry(
-            lambda client: client.eval(_BUCKET_LUA, 1, bucket, rate, burst, now, 1)
+            lambda client: client.eval(BUCKET_LUA, 1, bucket, rate, burst, now, 1)
         )
         ok, retry_after = bool(int(allowed)), float(wait)
     else:
@@ -117,7 +118,7 @@ async def acheck(budget: str, *, user_id: int) -> None:
     bucket = redis_client.key("rl", budget, user_id)
     if redis_client.cluster_mode():
         client = redis_client.get_async()
-        allowed, wait = await client.eval(_BUCKET_LUA, 1, bucket, rate, burst, now, 1)
+        allowed, wait = await client.eval(BUCKET_LUA, 1, bucket, rate, burst, now, 1)
         ok, retry_after = bool(int(allowed)), float(wait)
     else:
         ok, retry_after = _take_local(bucket, rate, burst, now)
