@@ -65,7 +65,7 @@ def presence_of(*, viewer_id: int, user_id: object, viewer_is_staff: bool = Fals
     from core.errors import NotFound, PermissionDenied
 
     from .models import UserStatus
-    from .services import presence_view
+    from .presenters import presence_view
 
     try:
         target = int(str(user_id))
@@ -85,7 +85,7 @@ def presence_snapshot(*, user_id: int) -> list[dict[str, Any]]:
     from chat.selectors import contact_ids
 
     from .models import UserStatus
-    from .services import presence_view
+    from .presenters import presence_view
 
     ids = sorted(contact_ids(user_id=user_id))
     rows = {r.user_id: r for r in UserStatus.objects.filter(user_id__in=ids)}

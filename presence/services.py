@@ -17,7 +17,6 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chat import events, ratelimit
-from chat.presenters import iso
 from chat.selectors import conversation_ids_of
 from core.errors import Invalid, NotFound
 from core.validation import check_text
@@ -26,35 +25,9 @@ from realtime.registry import user_connection_count_blocking
 
 from . import firestore
 from .models import STATUS_TEXT_MAX_CHARS, StatusOutbox, UserStatus
+from .presenters import presence_view, public_state
 
 logger = logging.getLogger("presence")
-
-
-def public_state(row: UserStatus) -> tuple[str, str, bool]:
-    """(status, text, online) as others see them: offline and invisible users as offline."""
-    if not row.online or row.status == UserStatus.Status.INVISIBLE:
-        return "offline", "", False
-    return row.status, row.text, True
-
-
-def presence_view(row: UserStatus, *, public: bool) -> dict[str, Any]:
-    """The ``presence`` frame body of a user, as the user itself (public=False) or others see it.
-    The public view carries the public version and last_seen, which move only with it."""
-    if public:
-        status, text, online = public_state(row)
-        last_seen, version = row.public_last_seen, row.public_version
-    else:
-        online = row.online
-        status, text = (row.status, row.text) if online else ("offline", "")
-        last_seen, version = row.last_seen, row.version
-    return {
-        "user_id": row.user_id,
-        "status": status,
-        "text": text,
-        "online": online,
-        "last_seen": iso(last_seen),
-        "version": version,
-    }
 
 
 PUBLIC_FIELDS = ["public_version", "public_last_seen"]
