@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -16,7 +14,6 @@ from rest_framework.test import APIClient
 
 from chat import login_throttle, ratelimit, services
 from core import redis_client
-from core.runtime import runtime
 from realtime import registry
 from tests.factories import ConversationFactory, UserFactory
 from tests.plugin import session_redis
@@ -42,17 +39,6 @@ def _fixture_teardown_retrying(self: TransactionTestCase) -> None:
 
 
 TransactionTestCase._fixture_teardown = _fixture_teardown_retrying  # type: ignore[method-assign]
-
-
-@pytest.fixture(autouse=True)
-async def _runtime_stopped_after_test() -> Any:
-    """A test's sockets start the runtime's loops on the test's event loop; they are stopped
-    before the loop closes (and before the database is flushed), so no loop's database call is
-    still in flight when the next test begins."""
-    yield
-    if runtime.started and runtime.loop is asyncio.get_running_loop():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(runtime.stop(), 5)
 
 
 @pytest.fixture(autouse=True)
