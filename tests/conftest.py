@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import logging
 import time
 from typing import Any
@@ -14,6 +17,7 @@ from rest_framework.test import APIClient
 
 from chat import login_throttle, ratelimit, services
 from core import redis_client
+from core.runtime import runtime
 from realtime import registry
 from tests.factories import ConversationFactory, UserFactory
 from tests.plugin import session_redis
@@ -39,6 +43,31 @@ def _fixture_teardown_retrying(self: TransactionTestCase) -> None:
 
 
 TransactionTestCase._fixture_teardown = _fixture_teardown_retrying  # type: ignore[method-assign]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every async test stops the runtime it may have started (see below); sync tests, such as
+    the browser tests with their own event loop, are left alone."""
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "function", None)):
+            item.fixturenames.append("_runtime_stopped_after_test")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def _runtime_stopped_after_test() -> Any:
+    """A test's sockets start the runtime's loops on the test's event loop. They are cancelled,
+    and the channel layer's connections closed, while that loop still runs, so no background
+    task is left for the loop's shutdown to wait on."""
+    yield
+    if runtime.started and runtime.loop is asyncio.get_running_loop():
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(runtime.stop(), 5)
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        if layer is not None and hasattr(layer, "flush"):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(layer.flush(), 5)
 
 
 @pytest.fixture(autouse=True)
