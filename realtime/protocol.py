@@ -106,7 +106,7 @@ class Envelope(TypedDict):
     # ``expiry_frame`` to the same audience, unless an envelope with the same key came first.
     expires: NotRequired[dict[str, Any]]
     # A fact about one subject delivered once per instance however many groups carry it
-    # (presence): ``{"key", "version", "conversation_ids", "own_frame"}``.
+    # (presence): ``{"user_id", "version", "conversation_ids", "own_frame"}``.
     versioned: NotRequired[dict[str, Any]]
 
 
