@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,10 +164,33 @@ def start_cluster(
             started[name] = AppServer(kind, name, full_env, tmp_path).start()
         if nginx:
             cluster.nginx = Nginx([s.port for s in started.values()], tmp_path, conf=nginx_conf).start()
+        if redis_cluster is not None:
+            for server in started.values():
+                _wait_on_redis_cluster(server)
     except Exception:
         cluster.stop()
         raise
     return cluster
+
+
+def _wait_on_redis_cluster(server: AppServer, timeout: float = 10) -> None:
+    """The instance speaks the cluster protocol: its health reports the cluster's state (a run
+    that fell back to one Redis would prove nothing about the cluster)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{server.url}/api/health", timeout=3) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read())
+        except OSError:
+            body = {}
+        redis_health = body.get("services", {}).get("redis", {})
+        if redis_health.get("cluster_state") == "ok" and len(redis_health.get("masters", [])) == 3:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"instance {server.instance_id} not on the Redis Cluster: {body}")
+        time.sleep(0.2)
 
 
 @pytest.fixture
