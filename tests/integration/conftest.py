@@ -9,7 +9,7 @@ an HTTP send, resume on the other instance, the registry (operator views and dis
 killed instance reaped, deregistration on SIGTERM), presence finished by another instance, the
 socket cap and the connect caches' invalidation. Faults of one topology's own processes stay in
 that topology's tests (the cluster's: test_redis_cluster_e2e.py, with health). The cluster runs
-add about 80 s; ``-m "not rediscluster"`` leaves them out."""
+add about 90 s; ``-m "not rediscluster"`` leaves them out."""
 
 from __future__ import annotations
 
@@ -89,10 +89,6 @@ class Cluster:
     extra: list[AppServer] = field(default_factory=list)
     redis_cluster: RedisCluster | None = None
     _cluster_client: redis.cluster.RedisCluster | None = field(default=None, init=False, repr=False)
-
-    @property
-    def topology(self) -> str:
-        return "cluster" if self.redis_cluster is not None else "single"
 
     def redis_client(self) -> redis.Redis | redis.cluster.RedisCluster:
         """A client of the instances' Redis (the cluster protocol on a cluster)."""
