@@ -331,7 +331,8 @@ def render(results: dict[str, Any]) -> str:
             vals = [_get(t[n], "s4", *key.split(".")) for n in names]
             row(label, [_f(v, nd) for v in vals])
         lines.append("")
-    failed = [(n, sc, t[n][sc]["error"]) for n in names for sc in t[n] if "error" in (t[n][sc] or {})]
+    lines.extend(render_redis_cpu(t))
+    failed = [(n, sc, t[n][sc]["error"]) for n in t for sc in t[n] if "error" in (t[n][sc] or {})]
     if failed:
         lines.append("Scenarios that did not complete")
         lines.extend(f"  {n} {sc}: {err.splitlines()[0][:300]}" for n, sc, err in failed)
@@ -358,6 +359,58 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fanout_steps(target: dict[str, Any]) -> list[dict[str, Any]]:
+    """S1 and the S2 steps of one target, in order."""
+    s1 = _get(target, "fanout", "s1")
+    return ([s1] if s1 else []) + list(_get(target, "fanout", "s2", "steps", default=[]))
+
+
+def render_redis_cpu(t: dict[str, Any]) -> list[str]:
+    """Redis CPU per delivery, from INFO cpu of every node before and after each step: the one
+    redis-server of ``chat`` (and ``raw``) next to each master of ``chat-cluster``."""
+    cluster = t.get("chat-cluster")
+    if not cluster or not fanout_steps(cluster):
+        return []
+    singles = [n for n in ("chat", "raw") if fanout_steps(t.get(n, {}))]
+    by_step = {n: {(s["label"], s["rate"]): s for s in fanout_steps(t[n])} for n in singles}
+    steps = fanout_steps(cluster)
+    masters = max(sum(1 for node in s.get("redis_nodes", []) if node["role"] == "master") for s in steps)
+    lines = [
+        "Redis CPU per delivery (us; INFO cpu used_cpu_sys + used_cpu_user before and after each step,",
+        "divided by the step's deliveries): one redis-server against each master of a 3-master cluster",
+    ]
+    head = f"  {'step':<16}" + "".join(f"{n + ': Redis':>14}" for n in singles)
+    head += "".join(f"{'master ' + str(i + 1):>10}" for i in range(masters))
+    head += f"{'masters':>9}{'replicas':>9}   {'server us/dlv chat / cluster':>29}   {'p99 ms chat / cluster':>22}"
+    lines.append(head)
+    for s in steps:
+        key = (s["label"], s["rate"])
+        line = f"  {s['label'] + ' ' + format(s['rate'], 'g') + ' msg/s':<16}"
+        for n in singles:
+            one = by_step[n].get(key)
+            node = _get(one, "redis_nodes", 0, default={}) if one else {}
+            line += f"{_f(node.get('us_per_delivery'), 2):>14}"
+        nodes = s.get("redis_nodes", [])
+        ms = [node for node in nodes if node["role"] == "master"]
+        line += "".join(f"{_f(node['us_per_delivery'], 2):>10}" for node in ms)
+        line += "".join(f"{'':>10}" for _ in range(masters - len(ms)))
+        deliveries = s.get("deliveries") or 0
+        m_sum = sum(node["cpu_s"] for node in ms) / deliveries * 1e6 if deliveries else None
+        r_sum = (
+            sum(node["cpu_s"] for node in nodes if node["role"] == "replica") / deliveries * 1e6 if deliveries else None
+        )
+        chat = by_step.get("chat", {}).get(key)
+        line += f"{_f(m_sum, 2):>9}{_f(r_sum, 2):>9}"
+        server = f"{_f(_get(chat, 'cpu_us_per_delivery'))} / {_f(s.get('cpu_us_per_delivery'))}"
+        p99 = f"{_f(_get(chat, 'latency_all', 'p99_ms'))} / {_f(_get(s, 'latency_all', 'p99_ms'))}"
+        lines.append(line + f"   {server:>29}   {p99:>22}")
+    delivered = [s.get("delivered_ratio", 0) for s in steps]
+    lines.append(f"  chat-cluster delivered {min(delivered) * 100:.2f}% or more in every step; "
+                 "one conversation, so its shard channel lives on one master")  # fmt: skip
+    lines.append("")
+    return lines
+
+
 def render_profile(title: str, profiles: list[dict[str, Any]], top: int = 12) -> list[str]:
     lines = [title]
     for p in profiles:
@@ -379,7 +432,7 @@ def render_profile(title: str, profiles: list[dict[str, Any]], top: int = 12) ->
 
 # --- charts -------------------------------------------------------------------------------------
 
-COLOURS = {"chat": "#1f77b4", "raw": "#7f7f7f"}
+COLOURS = {"chat": "#1f77b4", "raw": "#7f7f7f", "chat-cluster": "#ff7f0e"}
 
 
 def charts(results: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -14,7 +14,11 @@ starts N instances and drives them with real WebSocket clients in separate proce
 
 * ``chat`` - this project under uvicorn (uvloop, httptools, ``--ws websockets-sansio``), cluster
   mode on the benchmark's Redis and PostgreSQL;
-* ``raw``  - bench/raw_server.py, a `websockets` + redis-py pub/sub server with the same frames.
+* ``raw``  - bench/raw_server.py, a `websockets` + redis-py pub/sub server with the same frames;
+* ``chat-cluster`` (``--redis single,cluster``, S1 and S2 only) - this project with
+  ``REDIS_CLUSTER=true`` on a Redis Cluster of three masters and three replicas
+  (harness/redis_cluster.py); Redis CPU per delivery is read from ``INFO cpu`` of every node
+  before and after each step, so the cost of each shard stands next to the one-Redis figure.
 
 Scenarios (see bench/README.md): s1 latency, s2 throughput steps, s3 idle connections on one
 instance, s4 reconnect storm after a SIGKILL. Server CPU per delivery comes from the server
@@ -57,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["pubsub", "core"],
         default="pubsub",
         help="the chat server's CHANNEL_LAYER_BACKEND: RedisPubSubChannelLayer or RedisChannelLayer",
+    )
+    p.add_argument(
+        "--redis",
+        type=csv_s,
+        default=["single"],
+        help="single,cluster: with cluster, S1 and S2 also run this project on a 3-master Redis Cluster "
+        "(target chat-cluster) next to the one-Redis targets, and print Redis CPU per delivery per master",
     )
     p.add_argument("--source", default=str(ROOT), help="source tree of the chat server (default: this checkout)")
     p.add_argument("--source-rev", default="", help="run the chat server from this git revision (exported)")
@@ -104,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.scenarios) - {"s1", "s2", "s3", "s4"}
     if unknown:
         p.error(f"unknown scenarios {sorted(unknown)}")
+    if set(args.redis) - {"single", "cluster"}:
+        p.error(f"unknown --redis {sorted(set(args.redis) - {'single', 'cluster'})}")
     if not args.idle_counts:
         args.idle_counts = [0]
     return args

@@ -35,6 +35,12 @@ from bench.cluster import (
 from bench.loadgen import raise_nofile
 from bench.report import DELIVERED_MIN, P99_LIMIT_MS, lat_summary, pct, summarise, summarise_profile
 from harness.processes import AppServer, RedisServer, app_env
+from harness.redis_cluster import RedisCluster
+
+# The fan-out target that runs this project on a Redis Cluster (``--redis cluster``): the same
+# instances with REDIS_CLUSTER=true on three masters (and a replica each), events on sharded
+# pub/sub. The raw baseline stays on one Redis.
+CLUSTER_TARGET = "chat-cluster"
 
 # --- the benchmark ------------------------------------------------------------------------------
 
@@ -44,6 +50,7 @@ class Bench:
         self.args = args
         self.work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
         self.redis: RedisServer | None = None
+        self.redis_cluster: RedisCluster | None = None
         self.db_name = f"bench_chat_{os.getpid()}"
         self.db_created = False
         self.servers: list[AppServer] = []
@@ -62,13 +69,18 @@ class Bench:
     def database_url(self) -> str:
         return f"postgres://postgres@127.0.0.1:5432/{self.db_name}"
 
-    def chat_env(self) -> dict[str, str]:
+    def chat_env(self, on_cluster: bool = False) -> dict[str, str]:
         assert self.redis is not None
+        if on_cluster:
+            assert self.redis_cluster is not None
+            host, port = self.redis_cluster.startup
+            redis_env = {"REDIS_CLUSTER": "true", "REDIS_HOST": host, "REDIS_PORT": str(port)}
+        else:
+            redis_env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(self.redis.port)}
         return app_env(
             PYTHONPATH=str(self.source),
             CHAT_MODE="cluster",
-            REDIS_HOST="127.0.0.1",
-            REDIS_PORT=str(self.redis.port),
+            **redis_env,
             REDIS_KEY_PREFIX="bench",
             DATABASE_URL=self.database_url,
             LOG_LEVEL="WARNING",
@@ -128,6 +140,10 @@ class Bench:
         self.prepare_source()
         self.redis = RedisServer().start()
         log(f"redis-server on 127.0.0.1:{self.redis.port}")
+        if "cluster" in self.args.redis:
+            self.redis_cluster = RedisCluster(masters=3, replicas_per_master=1).start()
+            ports = ", ".join(str(n.port) for n in self.redis_cluster.masters())
+            log(f"Redis Cluster: masters on 127.0.0.1 ports {ports}, one replica each")
         pg = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
         subprocess.run(["createdb", *pg, self.db_name], check=True)
         self.db_created = True
@@ -143,6 +159,7 @@ class Bench:
                 "--receivers", str(self.args.receivers), "--senders", str(self.args.senders), "--pool", str(pool),
                 "--source", str(self.source), "--group", str(self.args.pool_group),
                 "--storm-clients", str(self.args.storm_clients),
+                *(["--cluster-fanout"] if "cluster" in self.args.redis else []),
             ],
             cwd=self.source, env=env, check=True,
         )  # fmt: skip
@@ -167,6 +184,8 @@ class Bench:
         self.stop_servers()
         if self.redis is not None:
             self.redis.stop()
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
         if self.db_created:
             subprocess.run(
                 ["dropdb", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "--force", "--if-exists", self.db_name],
@@ -185,6 +204,8 @@ class Bench:
         import redis
 
         redis.Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=5).flushall()
+        if self.redis_cluster is not None:
+            self.redis_cluster.flushall()
 
     def start_servers(self, target: str, count: int, tag: str, flush: bool = True) -> list[AppServer]:
         if flush:
@@ -192,8 +213,8 @@ class Bench:
         servers: list[AppServer] = []
         for i in range(count):
             name = f"{target}-{tag}-{i}"
-            if target == "chat":
-                chat = ChatServer(self.args.server, name, self.chat_env(), self.work)
+            if target in ("chat", CLUSTER_TARGET):
+                chat = ChatServer(self.args.server, name, self.chat_env(target == CLUSTER_TARGET), self.work)
                 chat.ws_impl, chat.source, chat.deflate = self.args.ws, self.source, self.args.server_deflate
                 server: AppServer = chat
             else:
@@ -255,6 +276,8 @@ class Bench:
         pids += [w.proc.pid for w in self.workers if w.proc.pid]
         if self.redis is not None and self.redis.proc is not None:
             pids.append(self.redis.proc.pid)
+        if self.redis_cluster is not None:
+            pids += [n.proc.pid for n in self.redis_cluster.nodes if n.proc is not None]
         return [p for p in pids if p]
 
     def pg_sessions(self) -> int:
@@ -279,15 +302,47 @@ class Bench:
         except ValueError:
             return -1
 
+    # --- Redis CPU (INFO cpu of each node) ---
+
+    def redis_nodes(self, target: str) -> list[tuple[str, str, Any]]:
+        """(address, role, node) of the Redis nodes ``target`` runs on: the one redis-server, or
+        every node of the cluster (masters first, as the cluster sees them now)."""
+        if target == CLUSTER_TARGET:
+            assert self.redis_cluster is not None
+            masters = self.redis_cluster.masters()
+            ports = {n.port for n in masters}
+            replicas = [n for n in self.redis_cluster.nodes if n.port not in ports]
+            return [(f"127.0.0.1:{n.port}", "master", n) for n in masters] + [
+                (f"127.0.0.1:{n.port}", "replica", n) for n in replicas
+            ]
+        assert self.redis is not None
+        return [(f"127.0.0.1:{self.redis.port}", "master", self.redis)]
+
+    @staticmethod
+    def redis_cpu_s(node: Any) -> float:
+        """used_cpu_sys + used_cpu_user of one Redis node (its own CPU since start, seconds)."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5)
+        try:
+            info = client.info("cpu")
+        except redis.RedisError:
+            return float("nan")
+        finally:
+            client.close()
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
     # --- S1 + S2: fan-out ---
 
     def fanout_start(self, target: str) -> dict[str, Any]:
         a = self.args
         servers = self.start_servers(target, a.instances, "fanout", flush=False)
         urls = [s.ws_url for s in servers]
-        receivers = [(urls[i % len(urls)], tok, i % len(urls)) for i, (_, _, tok) in enumerate(self.data["receivers"])]
-        senders = [(urls[i % len(urls)], tok, i % len(urls)) for i, (_, _, tok) in enumerate(self.data["senders"])]
-        conv = self.data["conv_fanout"]
+        # The cluster target has a conversation and users of its own (it shares the database).
+        data = self.data["cluster"] if target == CLUSTER_TARGET else self.data
+        receivers = [(urls[i % len(urls)], tok, i % len(urls)) for i, (_, _, tok) in enumerate(data["receivers"])]
+        senders = [(urls[i % len(urls)], tok, i % len(urls)) for i, (_, _, tok) in enumerate(data["senders"])]
+        conv = data["conv_fanout"]
         rworkers = self.start_workers(
             "receivers",
             [{"clients": part, "deflate": a.deflate, "open_timeout": 300} for part in split(receivers, a.client_procs)],
@@ -427,11 +482,13 @@ class Bench:
         pids = [s.proc.pid for s in servers if s.proc]
         assert self.redis is not None and self.redis.proc is not None
         own = self.own_pids()
+        nodes = self.redis_nodes(target)
         own0 = sum(proc_cpu(p) for p in own)
         cpu0 = [proc_cpu(p) for p in pids]
         redis0 = proc_cpu(self.redis.proc.pid)
+        nodes0 = [self.redis_cpu_s(node) for _, _, node in nodes]
         sys0 = system_cpu()
-        pg0 = self.pg_sessions() if target == "chat" else -1
+        pg0 = self.pg_sessions() if target != "raw" else -1
         spies: list[tuple[subprocess.Popen, Path, str]] = []
         if profile:
             spies = self.start_profilers(target, servers, a.profile_duration)
@@ -456,9 +513,10 @@ class Bench:
         sender_deliveries = ctx["sworker"].call("counted", timeout=30, step=step_no)
         cpu1 = [proc_cpu(p) for p in pids]
         redis1 = proc_cpu(self.redis.proc.pid)
+        nodes1 = [self.redis_cpu_s(node) for _, _, node in nodes]
         sys1 = system_cpu()
         own1 = sum(proc_cpu(p) for p in own)
-        pg1 = self.pg_sessions() if target == "chat" else -1
+        pg1 = self.pg_sessions() if target != "raw" else -1
         profiles = [self.finish_profiler(*spy) for spy in spies]
 
         same, cross = array("d"), array("d")
@@ -503,6 +561,18 @@ class Bench:
             "server_cpu_per_instance_s": [c1 - c0 for c0, c1 in zip(cpu0, cpu1, strict=True)],
             "cpu_us_per_delivery": server_cpu / deliveries * 1e6 if deliveries else float("nan"),
             "redis_cpu_s": redis1 - redis0,
+            # INFO cpu of every node this target's Redis has, per delivery and per message sent:
+            # what a shard spends on the step (publishes, subscriptions, the scripts of sends).
+            "redis_nodes": [
+                {
+                    "node": address,
+                    "role": role,
+                    "cpu_s": c1 - c0,
+                    "us_per_delivery": (c1 - c0) / deliveries * 1e6 if deliveries else float("nan"),
+                    "us_per_message": (c1 - c0) / sres["sent"] * 1e6 if sres["sent"] else float("nan"),
+                }
+                for (address, role, _), c0, c1 in zip(nodes, nodes0, nodes1, strict=True)
+            ],
             "machine_busy_pct": 100 * (sys1[0] - sys0[0]) / max(1.0, sys1[1] - sys0[1]),
             # Busy time of processes that are not the servers, redis or the load generator, in %
             # of the machine; PostgreSQL counts here (the chat server's queries run there).
@@ -841,15 +911,16 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         a = self.args
-        for target in a.targets:
+        fanout_targets = [*a.targets, *([CLUSTER_TARGET] if "cluster" in a.redis else [])]
+        for target in fanout_targets:
             self.results["targets"][target] = {}
         # A scenario that fails is recorded as such and the run goes on with the next one.
         if {"s1", "s2"} & set(a.scenarios):
             try:
-                for target, out in self.fanout(a.targets).items():
+                for target, out in self.fanout(fanout_targets).items():
                     self.results["targets"][target]["fanout"] = out
             except Exception as exc:
-                self.scenario_failed("fanout", a.targets, exc)
+                self.scenario_failed("fanout", fanout_targets, exc)
         for scenario, func in (("s3", self.idle), ("s4", self.storm)):
             if scenario in a.scenarios:
                 for target in a.targets:

@@ -4,7 +4,10 @@ Run by bench/scenarios.py with DATABASE_URL pointing at the benchmark database:
 
     python bench/setup_data.py --out DATA.json --receivers 200 --senders 4 --pool 10000
 
-* conversation "fanout": the receivers and the senders (S1, S2);
+* conversation "fanout": the receivers and the senders (S1, S2); with --cluster-fanout a second
+  one with receivers and senders of its own for the chat-cluster target, which shares the
+  database: in one conversation each target's instances would fill the other's seqs from the
+  database as gaps;
 * the pool users (S3 idle sockets, S4 reconnect storm) in small conversations of --group users
   each; the storm sender takes part in the conversations of the first --storm-clients of them.
 
@@ -34,6 +37,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=10, help="pool users per conversation")
     parser.add_argument("--storm-clients", type=int, default=2000)
     parser.add_argument("--source", default=str(ROOT), help="source tree of the chat server")
+    parser.add_argument("--cluster-fanout", action="store_true", help="a second fan-out conversation")
     args = parser.parse_args()
 
     sys.path.insert(0, args.source)
@@ -57,12 +61,10 @@ def main() -> None:
         tokens = Token.objects.bulk_create([Token(key=secrets.token_hex(20), user=u) for u in users], batch_size=2000)
         return [[u.pk, u.username, t.key] for u, t in zip(users, tokens, strict=True)]
 
-    with transaction.atomic():
-        receivers = make_users("recv", args.receivers)
-        senders = make_users("send", args.senders)
-        pool = make_users("pool", args.pool)
-        storm_sender = make_users("storm", 1)[0]
-        fanout = Conversation.objects.create(title="bench fan-out", owner_id=senders[0][0])
+    def make_fanout(prefix: str) -> tuple[list[list], list[list], str]:
+        receivers = make_users(f"{prefix}recv", args.receivers)
+        senders = make_users(f"{prefix}send", args.senders)
+        fanout = Conversation.objects.create(title=f"bench fan-out {prefix}".strip(), owner_id=senders[0][0])
         Participant.objects.bulk_create(
             [
                 Participant(conversation=fanout, user_id=uid, role="owner" if uid == senders[0][0] else "member")
@@ -70,6 +72,16 @@ def main() -> None:
             ],
             batch_size=2000,
         )
+        return receivers, senders, str(fanout.pk)
+
+    extra: dict[str, object] = {}
+    with transaction.atomic():
+        receivers, senders, fanout = make_fanout("")
+        if args.cluster_fanout:
+            c_receivers, c_senders, c_fanout = make_fanout("c")
+            extra = {"cluster": {"conv_fanout": c_fanout, "receivers": c_receivers, "senders": c_senders}}
+        pool = make_users("pool", args.pool)
+        storm_sender = make_users("storm", 1)[0]
         groups = [pool[i : i + args.group] for i in range(0, len(pool), args.group)]
         convs = Conversation.objects.bulk_create(
             [Conversation(title=f"bench pool {i}", owner_id=g[0][0]) for i, g in enumerate(groups)], batch_size=2000
@@ -88,11 +100,12 @@ def main() -> None:
     Path(args.out).write_text(
         json.dumps(
             {
-                "conv_fanout": str(fanout.pk),
+                "conv_fanout": fanout,
                 "receivers": receivers,
                 "senders": senders,
                 "pool": pool,
                 "storm_sender": storm_sender,
+                **extra,
             }
         )
     )

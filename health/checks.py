@@ -13,6 +13,7 @@ from typing import Any
 import redis.asyncio.cluster as aiocluster
 from django.conf import settings
 from django.db import connection
+from redis import exceptions as redis_exceptions
 
 from core import metrics, redis_client
 from core.runtime import runtime
@@ -58,7 +59,24 @@ async def check_redis() -> dict[str, Any] | None:
     if isinstance(client, aiocluster.RedisCluster):
         return await _check_redis_cluster(client)
     await client.ping()
+    await _refuse_a_cluster_node(client)
     return None
+
+
+async def _refuse_a_cluster_node(client: redis_client.AsyncClient) -> None:
+    """A node of a Redis Cluster spoken to as one Redis (REDIS_CLUSTER off) answers PING, and
+    even the channel layer's probe, but every key of another node's slots fails with MOVED: no
+    socket could get its hello. That is ``down``, never ``ok``. CLUSTER INFO fails on a Redis
+    without cluster support (and for a user not allowed it), which is the one-Redis case."""
+    try:
+        info = await client.execute_command("CLUSTER INFO")
+    except redis_exceptions.ResponseError:
+        return
+    if isinstance(info, dict) and "cluster_state" in info:
+        raise CheckFailed(
+            "cluster_node_without_redis_cluster",
+            {"detail": "this Redis is a node of a Redis Cluster: set REDIS_CLUSTER=true"},
+        )
 
 
 async def _master_status(client: aiocluster.RedisCluster, node: aiocluster.ClusterNode) -> dict[str, Any]:

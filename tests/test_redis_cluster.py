@@ -153,6 +153,41 @@ async def test_health_reports_cluster_state_and_every_master(cluster_settings):
     await redis_client.get_async().aclose()
 
 
+async def test_health_is_down_on_a_cluster_node_without_redis_cluster(settings, redis_cluster):
+    """REDIS_HOST at a cluster node with REDIS_CLUSTER off: PING and even the channel layer's
+    probe pass on that node, but every key of another node's slots fails (MOVED), so no socket
+    could get its hello. Health says so instead of ok."""
+    _, port = redis_cluster.startup
+    settings.REDIS = {**settings.REDIS, "host": "127.0.0.1", "port": port, "cluster": False, "db": 0}
+    redis_client.reset_clients()
+    try:
+        result = await checks.timed("redis", checks.check_redis)
+        assert result["status"] == "down", result
+        assert result["error"] == "cluster_node_without_redis_cluster"
+        assert "REDIS_CLUSTER" in result["detail"]
+        await redis_client.get_async().aclose()
+    finally:
+        redis_client.reset_clients()
+
+
+@pytest.mark.parametrize("user", ["default", "denied CLUSTER"])
+async def test_health_of_one_redis_is_ok_without_cluster_commands(settings, redis_server, user):
+    """One Redis (cluster support disabled) stays ok, also for an ACL user denied CLUSTER INFO."""
+    admin = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    if user != "default":
+        admin.execute_command("ACL", "SETUSER", "plain", "on", ">pw", "~*", "&*", "+@all", "-cluster")
+        settings.REDIS = {**settings.REDIS, "username": "plain", "password": "pw"}
+    redis_client.reset_clients()
+    try:
+        result = await checks.timed("redis", checks.check_redis)
+        assert result["status"] == "ok", result
+        await redis_client.get_async().aclose()
+    finally:
+        redis_client.reset_clients()
+        admin.execute_command("ACL", "DELUSER", "plain")
+        admin.close()
+
+
 async def test_health_is_down_when_the_cluster_lost_slots(cluster_settings):
     assert (await checks.timed("redis", checks.check_redis))["status"] == "ok"
     victim = cluster_settings.masters()[0]

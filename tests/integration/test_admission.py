@@ -43,8 +43,14 @@ def rate_limited(transactional_db, tmp_path):
 
 
 @pytest.fixture
-def socket_capped(transactional_db, tmp_path):
-    c = start_cluster(tmp_path, servers={"a": "uvicorn"}, WS_MAX_CONNECTS_PER_SECOND="0", WS_MAX_SOCKETS="5")
+def socket_capped(transactional_db, tmp_path, topology_cluster):
+    c = start_cluster(
+        tmp_path,
+        servers={"a": "uvicorn"},
+        redis_cluster=topology_cluster,
+        WS_MAX_CONNECTS_PER_SECOND="0",
+        WS_MAX_SOCKETS="5",
+    )
     yield c
     c.stop()
 
@@ -79,6 +85,7 @@ async def test_burst_over_connect_rate_refused_with_503_and_retry_after(rate_lim
     await ws.close()
 
 
+@pytest.mark.redis_topologies
 async def test_sockets_over_the_cap_refused_until_one_closes(socket_capped):
     server = socket_capped.servers["a"]
     users = await database_sync_to_async(_users)(7)

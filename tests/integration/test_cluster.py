@@ -75,6 +75,7 @@ async def test_message_typing_and_read_cross_instances(cluster, people):
         await ws.close()
 
 
+@pytest.mark.redis_topologies
 async def test_http_send_reaches_sockets_on_both_instances(cluster, people):
     cid = str(people["conv"].id)
     bob = await open_ws(cluster.servers["a"].ws_url, people["bob"])
@@ -111,6 +112,7 @@ async def test_idempotent_send_is_broadcast_once_across_instances(cluster, peopl
     await bob.close()
 
 
+@pytest.mark.redis_topologies
 async def test_resume_after_reconnecting_to_the_other_instance(cluster, people):
     cid = str(people["conv"].id)
     alice = await open_ws(cluster.servers["a"].ws_url, people["alice"])
@@ -150,6 +152,7 @@ async def test_frame_over_limit_closes_1009(cluster, people, instance):
     assert await ws.closed_code(5) == 1009
 
 
+@pytest.mark.redis_topologies
 async def test_operator_disconnect_closes_sockets_on_every_instance(cluster, people, staff_token):
     bob_a = await open_ws(cluster.servers["a"].ws_url, people["bob"])
     bob_b = await open_ws(cluster.servers["b"].ws_url, people["bob"])
@@ -181,6 +184,7 @@ def registry_conns(cluster, instance_id: str) -> set[str]:
     return set(cluster.redis_client().smembers(instance_conns_key(instance_id)))
 
 
+@pytest.mark.redis_topologies
 async def test_sigkill_instance_is_reaped_and_clients_resume_on_the_survivor(cluster, people):
     cid = str(people["conv"].id)
     alice = await open_ws(cluster.servers["b"].ws_url, people["alice"])
@@ -212,6 +216,7 @@ async def test_sigkill_instance_is_reaped_and_clients_resume_on_the_survivor(clu
     await bob.close()
 
 
+@pytest.mark.redis_topologies
 @pytest.mark.parametrize("instance", ["a", "b"])
 async def test_sigterm_closes_with_1012_deregisters_and_exits(cluster, people, instance):
     server = cluster.servers[instance]

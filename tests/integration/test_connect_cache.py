@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 @pytest.fixture
 def shared_redis(cluster, settings):
     """This process on the instances' Redis, so its signals invalidate what they cached."""
-    settings.REDIS = {**settings.REDIS, "host": "127.0.0.1", "port": cluster.redis.port}
+    settings.REDIS = {**settings.REDIS, **cluster.redis_settings()}
     redis_client.reset_clients()
     yield cluster.redis_client()
     redis_client.reset_clients()
@@ -47,6 +47,7 @@ def _auth_cached(redis, token: str) -> bool:
     return redis.get(guarded_cache.keys(authcache._tag(token), authcache.NAME)[0]) is not None
 
 
+@pytest.mark.redis_topologies
 async def test_deleted_token_refused_on_every_instance_with_cache_warm(cluster, people, shared_redis):
     alice = people["alice"]
     await _warm(cluster, alice)
@@ -70,6 +71,7 @@ async def test_deactivated_user_refused_on_every_instance_with_cache_warm(cluste
         assert await _refused_with(server.ws_url, bob) == 4403
 
 
+@pytest.mark.redis_topologies
 async def test_removed_participant_not_routed_on_any_instance_with_cache_warm(cluster, people, shared_redis):
     alice, carol, cid = people["alice"], people["carol"], str(people["conv"].id)
     await _warm(cluster, carol)

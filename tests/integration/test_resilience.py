@@ -58,6 +58,7 @@ async def test_presence_across_instances_multi_device_and_grace(cluster, people)
     await bob.close()
 
 
+@pytest.mark.redis_topologies
 async def test_sigkill_of_the_only_connection_goes_offline_even_when_the_grace_counter_dies(cluster, people):
     a, b = cluster.servers["a"], cluster.servers["b"]
     ttl = float(cluster.env["INSTANCE_TTL_SECONDS"])
@@ -74,6 +75,7 @@ async def test_sigkill_of_the_only_connection_goes_offline_even_when_the_grace_c
     await carol.close()
 
 
+@pytest.mark.redis_topologies
 async def test_grace_timer_survives_the_instance_that_started_it(cluster, people):
     """The last socket closes cleanly on instance a, which dies during the grace period:
     instance b still finishes the transition."""
