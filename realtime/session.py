@@ -21,6 +21,7 @@ from typing import Any
 
 from core import metrics
 
+from . import wire
 from .protocol import CloseCode, encode
 
 logger = logging.getLogger("realtime.session")
@@ -37,6 +38,7 @@ class Session:
         "drain_waiter",
         "pre_resume",
         "pre_resume_timer",
+        "proto",
         "queue",
         "queue_limit",
         "ready",
@@ -52,6 +54,8 @@ class Session:
         self, send: Send, *, connection_id: str, user_id: int, queue_limit: int, on_dead: Callable[[], None]
     ) -> None:
         self.send = send  # the server's send: no wrapper layers per frame
+        # The server's protocol when frames can go straight to its transport (realtime/wire.py).
+        self.proto = wire.direct_protocol(send)
         self.connection_id = connection_id
         self.user_id = user_id
         self.topics: set[str] = set()  # the conversations this socket receives
@@ -80,6 +84,13 @@ class Session:
             return
         if self.writer is None and self.ready and not self.queue:
             metrics.frame_out(frame_type)
+            proto = self.proto
+            if proto is not None and wire.can_write(proto):
+                try:
+                    proto.transport.write(wire.text_frame(text))
+                except Exception as exc:  # noqa: BLE001
+                    self._write_failed(exc)
+                return
             self._send_eagerly(text)
             return
         if self.queue is None:
@@ -183,9 +194,16 @@ class Session:
         try:
             if started is not None:
                 await finish_started(*started)
-            send = self.send
+            send, proto = self.send, self.proto
             while (queue := self.queue) and self.closing is None:
-                await send({"type": "websocket.send", "text": queue.popleft()})
+                if proto is not None and wire.can_write(proto):
+                    # Everything queued in one write (the transport takes it all, or pauses
+                    # us before the next one).
+                    frames = [wire.text_frame(text) for text in queue]
+                    queue.clear()
+                    proto.transport.write(b"".join(frames))
+                else:
+                    await send({"type": "websocket.send", "text": queue.popleft()})
                 if self.drain_waiter is not None and len(queue) <= self.drain_mark:
                     self._release_drain_waiter()
             self.queue = None  # empty (or closing): the next wait makes a new one
