@@ -57,7 +57,8 @@ PIPELINE_DEPTH = 8
 _handler_failures = RepeatGate(interval_seconds=60.0)
 
 Handler = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any] | None]]
-# What answers a frame: ("ack", frame), ("error", the error's body), or nothing.
+# What answers a frame: ("ack", frame), ("error", the error's body), or nothing; an error of the
+# abusive kinds is "strike" (or "rate_strike" for a rate limit), counted once it was sent.
 Reply = tuple[str, dict[str, Any]] | None
 FirstConnectionHook = Callable[[int, list[str]], Awaitable[None]]
 
@@ -319,7 +320,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 raise Invalid.field("type", f"Unknown frame type {str(frame_type)[:40]!r}.")  # noqa: TRY301
         except Exception as exc:  # noqa: BLE001
             await self._drain_pipeline()  # the error answers this frame: after the earlier ones
-            self._answer(session, request_id, ("error", self._failed(exc)))
+            self._answer(session, request_id, self._failed(exc))
             return
         assert isinstance(frame_type, str)
         metrics.FRAMES_IN.labels(type=frame_type).inc()
@@ -337,26 +338,25 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.check_budget(frame_type)
             result = await handler(self, data)
         except Exception as exc:  # noqa: BLE001
-            return "error", self._failed(exc)
+            return self._failed(exc)
         if result is not None and request_id is not None:
             return "ack", {"type": "ack", "id": request_id, **result}
         return None
 
-    def _failed(self, exc: Exception) -> dict[str, Any]:
-        """The error reply for a frame that failed (strikes counted for the abusive kinds)."""
+    def _failed(self, exc: Exception) -> Reply:
+        """The error reply for a frame that failed."""
         if isinstance(exc, ApplicationError):
             if exc.status in (400, 429):
-                self._strike(rate_limited=isinstance(exc, RateLimited))
-            return exc.as_dict()
+                return ("rate_strike" if isinstance(exc, RateLimited) else "strike"), exc.as_dict()
+            return "error", exc.as_dict()
         fault = dependency_fault(exc)
         if fault is not None:  # Redis or the database away: 503 with retry_after, never a 500
-            return fault.as_dict()
+            return "error", fault.as_dict()
         suppressed = _handler_failures.allow(exc)
         if suppressed is not None:
             logger.exception("frame handler failed", exc_info=exc, extra={"suppressed_repeats": suppressed})
         # A frame that fails the server is as abusive when repeated as an invalid one.
-        self._strike(rate_limited=False)
-        return internal_error_body()
+        return "strike", internal_error_body()
 
     def _answer(self, session: Session, request_id: str | None, reply: Reply) -> None:
         if reply is not None:
@@ -365,6 +365,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 self.reply(body)
             else:
                 self.error(request_id, body)
+                if kind != "error":  # after the reply, so the last one before a 1008 still goes out
+                    self._strike(rate_limited=kind == "rate_strike")
         if session.resuming:  # no handler runs any more: nothing is held for a resume
             session.release_held()
 
