@@ -27,6 +27,7 @@ from .protocol import CloseCode, encode
 logger = logging.getLogger("realtime.session")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+NOTHING_HELD: frozenset[str] = frozenset()
 
 
 class Session:
@@ -70,8 +71,9 @@ class Session:
         self.ready = False  # frames are written once the socket is routed and registered
         self.sent_seq: dict[str, int] = {}
         self.resuming: dict[str, list[tuple[int, str]]] = {}
-        # Streams held since connect until the client's first frame (see hold_until_first_frame).
-        self.pre_resume: set[str] = set()
+        # Streams held since connect until the client's first frame (see hold_until_first_frame);
+        # a shared empty one otherwise (an idle socket would keep an empty set of 216 bytes).
+        self.pre_resume: set[str] | frozenset[str] = NOTHING_HELD
         self.pre_resume_timer: asyncio.TimerHandle | None = None
         self._on_dead = on_dead
 
@@ -130,7 +132,8 @@ class Session:
 
     def take_over_held(self, stream: str) -> None:
         """A resume of ``stream`` holds its live frames from now on, and releases them itself."""
-        self.pre_resume.discard(stream)
+        if isinstance(self.pre_resume, set):
+            self.pre_resume.discard(stream)
         self.resuming.setdefault(stream, [])
 
     def release_held(self, everything: bool = True) -> None:
@@ -140,10 +143,12 @@ class Session:
             self.pre_resume_timer.cancel()
             self.pre_resume_timer = None
         streams = list(self.resuming) if everything else list(self.pre_resume)
-        self.pre_resume = set()
+        self.pre_resume = NOTHING_HELD
         for stream in streams:
             for seq, text in sorted(self.resuming.pop(stream, None) or ()):
                 self.push_sequenced(stream, seq, text)
+        if not self.resuming:
+            self.resuming = {}  # an emptied dict keeps its table
 
     def start(self) -> None:
         """Routed and registered: write what was queued (hello first) and send eagerly from now on."""
