@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
     OPEN = None
 
+_PROTOCOL_ATTRIBUTES = ("close_sent", "disconnected", "conn", "writable", "transport")
 _prepared_text: str | None = None
 _prepared_frame = b""
 
@@ -38,6 +39,9 @@ def direct_protocol(send: Any) -> Any:
     directly, else None."""
     proto = getattr(send, "__self__", None)
     if WebSocketsSansIOProtocol is None or not isinstance(proto, WebSocketsSansIOProtocol):
+        return None
+    # What can_write and the write read; a uvicorn that renamed any of it gets the ASGI send.
+    if not all(hasattr(proto, name) for name in _PROTOCOL_ATTRIBUTES) or not hasattr(proto.conn, "state"):
         return None
     if getattr(proto.conn, "extensions", None):  # negotiated permessage-deflate: per socket
         return None

@@ -30,3 +30,14 @@ def test_only_the_uvicorn_sansio_protocol_gets_direct_writes() -> None:
 
     assert wire.direct_protocol(send) is None
     assert wire.direct_protocol(print) is None  # a bound builtin: no protocol behind it
+
+
+def test_a_protocol_without_the_expected_state_gets_the_asgi_send(monkeypatch) -> None:
+    class Changed(wire.WebSocketsSansIOProtocol):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:  # a later uvicorn that renamed its state
+            self.conn = object()
+
+        async def send(self, message: dict[str, object]) -> None:
+            return None
+
+    assert wire.direct_protocol(Changed().send) is None
