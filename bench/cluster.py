@@ -99,8 +99,11 @@ class ChatServer(AppServer):
         if self.server == "daphne":
             return super().command()
         bindir = Path(sys.executable).parent
+        # --trace-memory: the same uvicorn under tracemalloc (bench/memtrace.py).
+        traced = "BENCH_MEMTRACE_DIR" in self.env
+        launcher = [sys.executable, "-m", "bench.memtrace"] if traced else [str(bindir / "uvicorn")]
         return [
-            str(bindir / "uvicorn"), "chatproject.asgi:application",
+            *launcher, "chatproject.asgi:application",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--loop", "uvloop", "--http", "httptools", "--ws", self.ws_impl,
             "--ws-max-size", self.env.get("WS_MAX_FRAME_BYTES", "65536"),

@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--open-timeout", type=float, default=120, help="handshake and hello timeout (S3, S4)")
     p.add_argument("--storm-jitter", type=float, default=0.0, help="random delay before the first reconnect")
     p.add_argument("--storm-timeout", type=float, default=120, help="a client gives up reconnecting after this")
+    p.add_argument(
+        "--trace-memory", action="store_true", help="S3: the chat server under tracemalloc, bytes per socket by line"
+    )
     p.add_argument("--profile", action="store_true", help="py-spy every instance during one extra S2 step")
     p.add_argument("--profile-rate", type=float, default=0, help="default: the chat server's first failing S2 rate")
     p.add_argument("--profile-duration", type=float, default=10)

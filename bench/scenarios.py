@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench import memtrace
 from bench.cluster import (
     BENCH,
     CLK_TCK,
@@ -43,6 +45,13 @@ from harness.redis_cluster import RedisCluster
 CLUSTER_TARGET = "chat-cluster"
 
 # --- the benchmark ------------------------------------------------------------------------------
+
+
+def log_memtrace(trace: dict[str, Any]) -> None:
+    """The traced bytes per socket of an S3 stage, the largest sources first."""
+    log(f"tracemalloc: {trace['bytes_per_socket']:.0f} bytes per socket over {trace['sockets']} sockets")
+    for row in trace["by_lineno"][:25]:
+        log(f"  {row['bytes_per_socket']:8.1f} B  {row['count_per_socket']:6.2f} blocks  {row['where']}")
 
 
 class Bench:
@@ -207,14 +216,17 @@ class Bench:
         if self.redis_cluster is not None:
             self.redis_cluster.flushall()
 
-    def start_servers(self, target: str, count: int, tag: str, flush: bool = True) -> list[AppServer]:
+    def start_servers(
+        self, target: str, count: int, tag: str, flush: bool = True, extra_env: dict[str, str] | None = None
+    ) -> list[AppServer]:
         if flush:
             self.flush_redis()
         servers: list[AppServer] = []
         for i in range(count):
             name = f"{target}-{tag}-{i}"
             if target in ("chat", CLUSTER_TARGET):
-                chat = ChatServer(self.args.server, name, self.chat_env(target == CLUSTER_TARGET), self.work)
+                env = {**self.chat_env(target == CLUSTER_TARGET), **(extra_env or {})}
+                chat = ChatServer(self.args.server, name, env, self.work)
                 chat.ws_impl, chat.source, chat.deflate = self.args.ws, self.source, self.args.server_deflate
                 server: AppServer = chat
             else:
@@ -634,9 +646,24 @@ class Bench:
 
     def idle(self, target: str) -> dict[str, Any]:
         a = self.args
-        server = self.start_servers(target, 1, "idle")[0]
+        trace_dir = self.work / "memtrace"
+        tracing = a.trace_memory and target == "chat"
+        if tracing:
+            trace_dir.mkdir(exist_ok=True)
+        env = {"BENCH_MEMTRACE_DIR": str(trace_dir)} if tracing else None
+        server = self.start_servers(target, 1, "idle", extra_env=env)[0]
         assert server.proc is not None
         pid = server.proc.pid
+        snaps: list[tuple[Path, int]] = []
+
+        def snapshot(sockets: int) -> None:
+            n = len(snaps)
+            os.kill(pid, signal.SIGUSR1)
+            deadline = time.monotonic() + 300
+            while not (trace_dir / f"snap-{n}.done").exists() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            snaps.append((trace_dir / f"snap-{n}.pickle", sockets))
+
         procs = a.client_procs
         need = max(a.idle_counts) + a.idle_warmup
         tokens = [tok for _, _, tok, _ in self.data["pool"][:need]]
@@ -652,6 +679,8 @@ class Bench:
             warm = call_all(workers, "connect", timeout=120, upto=a.idle_warmup // procs, concurrency=10)
             warm_n = sum(w["connected"] for w in warm)
             time.sleep(2.0)
+            if tracing:
+                snapshot(warm_n)
             rss0, cpu0 = proc_rss_kib(pid), proc_cpu(pid)
             out.update({"warmup_connections": warm_n, "rss_base_kib": rss0})
             log(f"{target} S3: warm-up {warm_n} sockets, RSS {rss0} KiB")
@@ -698,6 +727,11 @@ class Bench:
                 }
                 if profiles:
                     stage["profiles"] = profiles
+                if tracing:
+                    snapshot(total)
+                    (first, warm), (last, _) = snaps[0], snaps[-1]
+                    stage["memtrace"] = memtrace.diff(first, last, total - warm)
+                    log_memtrace(stage["memtrace"])
                 out["stages"].append(stage)
                 prev = total
                 log(

@@ -47,17 +47,25 @@ class OptionalOriginValidator:
         self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if await self.check(scope, receive, send):
+            return await self.application(scope, receive, send)
+        return None
+
+    async def check(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """True when the handshake may go on; else it was refused with HTTP 403."""
         headers = _headers(scope)
         host = self.request_host(scope, headers)
         if host is False:
-            return await _deny(scope, receive, send)
+            await _deny(scope, receive, send)
+            return False
         origin = headers.get("origin")
         # The scope is marked in place, not copied: each copy stays alive with its socket, and
         # nothing outside this stack reads the scope after handing it in.
         scope["origin_allowed"] = origin is not None
         if origin is not None and not self.origin_allowed(origin, str(host) or None, self.is_secure(scope, headers)):
-            return await _deny(scope, receive, send)
-        return await self.application(scope, receive, send)
+            await _deny(scope, receive, send)
+            return False
+        return True
 
     @staticmethod
     def request_host(scope: dict[str, Any], headers: dict[str, str]) -> str | bool:
@@ -194,6 +202,13 @@ class WebSocketAuthMiddleware:
         self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if await self.check(scope, receive, send):
+            return await self.application(scope, receive, send)
+        return None
+
+    async def check(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """Put the handshake's user into the scope; False when it was refused (503: the
+        database or Redis is away)."""
         try:
             user, method, credential = await authenticate_scope(scope)
         except Exception as exc:
@@ -212,9 +227,9 @@ class WebSocketAuthMiddleware:
                 detail=fault.detail,
                 close_code=CloseCode.FANOUT_LOST,
             )
-            return None
+            return False
         scope.update(user=user, auth_method=method, **credential)  # in place, as the origin check
-        return await self.application(scope, receive, send)
+        return True
 
 
 def WebSocketAuthStack(application: Any) -> Any:  # noqa: N802 (channels' naming convention)

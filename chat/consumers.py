@@ -70,7 +70,7 @@ def _required(data: dict[str, Any], name: str) -> Any:
     return value
 
 
-@ChatConsumer.handler("message.send")
+@ChatConsumer.handler("message.send", pipelined_by="conversation_id")
 async def on_message_send(consumer: ChatConsumer, data: dict[str, Any]) -> dict[str, Any]:
     """Persist, then ack with the message; every participant gets ``message.new``."""
     result = await db_call(services.message_send)(

@@ -1,7 +1,61 @@
-from django.urls import path
+"""The WebSocket routes, and the one ASGI app in front of them.
 
+``WebSocketEntry`` runs the origin check, authentication and the route match one after another,
+each finished before the consumer starts, and hands the consumer the server's own scope: no
+middleware coroutine, router frame or copy of the scope stays alive for as long as each socket
+is open (channels' nested middleware and ``URLRouter`` keep all of them per socket).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import path
+from django.urls.exceptions import Resolver404
+
+from .auth import OptionalOriginValidator, WebSocketAuthMiddleware
 from .consumers import ChatConsumer
 
 websocket_urlpatterns = [
     path("ws/chat/", ChatConsumer.as_asgi()),  # type: ignore[arg-type]  # an ASGI app, as channels routes it
 ]
+
+
+class WebSocketEntry:
+    def __init__(self, routes: list[Any]) -> None:
+        self.routes = routes
+        self.origin = OptionalOriginValidator(None)
+        self.auth = WebSocketAuthMiddleware(None)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if not await self.origin.check(scope, receive, send):
+            return
+        if not await self.auth.check(scope, receive, send):
+            return
+        app = self.route(scope)
+        consumer = app.consumer_class(**app.consumer_initkwargs)
+        await consumer(scope, receive, send)
+
+    def route(self, scope: dict[str, Any]) -> Any:
+        """The consumer app of the first route matching the scope's path, as ``URLRouter``
+        matches it (below ``root_path``, without the leading slash); its arguments go into the
+        scope in place."""
+        full = scope.get("path")
+        if full is None:
+            raise ValueError("No 'path' key in connection scope, cannot route URLs")
+        root_path = scope.get("root_path", "")
+        if root_path and not full.startswith(root_path):
+            raise ValueError(f"No route found for path {full!r}.")
+        remaining = full[len(root_path) :].lstrip("/")
+        for route in self.routes:
+            try:
+                match = route.pattern.match(remaining)
+            except Resolver404:
+                continue
+            if match:
+                _new_path, args, kwargs = match
+                kwargs.update(route.default_args)
+                if args or kwargs:
+                    scope["url_route"] = {"args": args, "kwargs": kwargs}
+                return route.callback
+        raise ValueError(f"No route found for path {full!r}.")

@@ -12,10 +12,9 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings.base")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-from chat.auth import OptionalOriginValidator, WebSocketAuthStack  # noqa: E402
-from chat.routing import websocket_urlpatterns  # noqa: E402
+from chat.routing import WebSocketEntry, websocket_urlpatterns  # noqa: E402
 from core.daphne_compat import patch_daphne  # noqa: E402
 from core.runtime import LifespanApp, RuntimeStarter  # noqa: E402
 from core.startup import log_startup  # noqa: E402
@@ -24,15 +23,13 @@ from realtime.admission import AdmissionGate  # noqa: E402
 patch_daphne()
 log_startup()
 
-# channels routes Django URL patterns to ASGI apps (its stubs type only its own routes).
-ws_router = URLRouter(websocket_urlpatterns)  # type: ignore[arg-type]
-
 application = ProtocolTypeRouter(
     {
         "http": RuntimeStarter(django_asgi_app),
         # A socket's connect starts the runtime itself (and answers 1011 if it cannot), so a
-        # refused handshake starts nothing.
-        "websocket": AdmissionGate(OptionalOriginValidator(WebSocketAuthStack(ws_router))),
+        # refused handshake starts nothing. Origin, authentication and route run inside one app
+        # (chat/routing.py): nothing of them stays alive per socket.
+        "websocket": AdmissionGate(WebSocketEntry(websocket_urlpatterns)),
         "lifespan": LifespanApp(),
     }
 )

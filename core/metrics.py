@@ -1,5 +1,7 @@
 """Prometheus metrics of this process (scraped at /metrics, guarded by settings)."""
 
+import asyncio
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Gauge("chat_connections", "Open WebSocket connections on this instance")
@@ -43,14 +45,37 @@ def observe_fanout(created_at_iso: str) -> None:
 
 
 _frames_out_children: dict[str, object] = {}
+# Frames counted since the last flush, by type: one counter increment (and its lock) per type
+# and loop turn instead of one per frame per socket on the fan-out path.
+_frames_out_pending: dict[str, int] = {}
+_flush_scheduled = False
 
 
 def frame_out(frame_type: str) -> None:
-    """FRAMES_OUT.labels(type).inc() without the label lookup on the per-delivery path."""
-    child = _frames_out_children.get(frame_type)
-    if child is None:
-        child = _frames_out_children[frame_type] = FRAMES_OUT.labels(type=frame_type)
-    child.inc()  # type: ignore[attr-defined]
+    """FRAMES_OUT.labels(type).inc(), added up within one turn of the event loop."""
+    global _flush_scheduled
+    pending = _frames_out_pending
+    pending[frame_type] = pending.get(frame_type, 0) + 1
+    if _flush_scheduled:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        flush_frames_out()
+        return
+    _flush_scheduled = True
+    loop.call_soon(flush_frames_out)
+
+
+def flush_frames_out() -> None:
+    global _flush_scheduled
+    _flush_scheduled = False
+    for frame_type, count in _frames_out_pending.items():
+        child = _frames_out_children.get(frame_type)
+        if child is None:
+            child = _frames_out_children[frame_type] = FRAMES_OUT.labels(type=frame_type)
+        child.inc(count)  # type: ignore[attr-defined]
+    _frames_out_pending.clear()
 
 
 # Close codes this server sends or a client sends by the book; any other code a client picks

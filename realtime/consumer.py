@@ -49,15 +49,26 @@ DEAD_CLEANUP_SECONDS = 1.0
 # frame (its resume after a reconnect; see Session.hold_until_first_frame).
 PRE_RESUME_HOLD_SECONDS = 1.0
 
+# Frames of one socket whose handlers run at once (message.send in different conversations, or
+# queued behind each other in one); past this the socket's next frame waits.
+PIPELINE_DEPTH = 8
+
 # One traceback per kind of failure a minute, however many frames hit it; the rest are counted.
 _handler_failures = RepeatGate(interval_seconds=60.0)
 
 Handler = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+# What answers a frame: ("ack", frame), ("error", the error's body), or nothing; an error of the
+# abusive kinds is "strike" (or "rate_strike" for a rate limit), counted once it was sent.
+Reply = tuple[str, dict[str, Any]] | None
 FirstConnectionHook = Callable[[int, list[str]], Awaitable[None]]
 
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
     handlers: ClassVar[dict[str, Handler]] = {}
+    # Frame types whose handler may start before the socket's earlier frames are answered:
+    # {type: the field whose frames still run one after another (a conversation's sends keep
+    # the order they were sent in)}. Replies always leave in the order of the frames.
+    pipelined: ClassVar[dict[str, str]] = {}
     # Called with (user id, the user's topics) when a user with no connection anywhere connects.
     first_connection_hooks: ClassVar[list[FirstConnectionHook]] = []
 
@@ -66,13 +77,19 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     session: Session | None = None
     registered: bool = False
     strikes: deque[float] | None = None
+    # Pipelined frames in flight, oldest first (created for the first one).
+    in_flight: deque[asyncio.Task[None]] | None = None
 
     @classmethod
-    def handler(cls, frame_type: str) -> Callable[[Handler], Handler]:
-        """Register ``func`` as the handler of client frames of ``frame_type``."""
+    def handler(cls, frame_type: str, *, pipelined_by: str | None = None) -> Callable[[Handler], Handler]:
+        """Register ``func`` as the handler of client frames of ``frame_type``; with
+        ``pipelined_by``, frames of this type run while the socket's next frames are read,
+        one after another only among those with the same value of that field."""
 
         def register(func: Handler) -> Handler:
             cls.handlers[frame_type] = func
+            if pipelined_by is not None:
+                cls.pipelined[frame_type] = pipelined_by
             return func
 
         return register
@@ -225,6 +242,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         )
 
     async def websocket_disconnect(self, message: WebSocketDisconnectEvent) -> None:
+        await self._drain_pipeline()  # frames read before the close finish as they would have
         await self._tear_down(message.get("code", 1000))
         await super().websocket_disconnect(message)
 
@@ -300,29 +318,103 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             handler = self.handlers.get(frame_type) if isinstance(frame_type, str) else None
             if handler is None:
                 raise Invalid.field("type", f"Unknown frame type {str(frame_type)[:40]!r}.")  # noqa: TRY301
-            metrics.FRAMES_IN.labels(type=frame_type).inc()
-            await self.check_budget(str(frame_type))
+        except Exception as exc:  # noqa: BLE001
+            await self._drain_pipeline()  # the error answers this frame: after the earlier ones
+            self._answer(session, request_id, self._failed(exc))
+            return
+        assert isinstance(frame_type, str)
+        metrics.FRAMES_IN.labels(type=frame_type).inc()
+        field = self.pipelined.get(frame_type)
+        if field is None:
+            # Every other frame sees the effects of the frames before it (a resume after sends).
+            await self._drain_pipeline()
+            self._answer(session, request_id, await self._handle(handler, frame_type, data, request_id))
+            return
+        await self._pipeline(session, handler, frame_type, data, request_id, f"{frame_type}:{data.get(field)!s}")
+
+    async def _handle(self, handler: Handler, frame_type: str, data: dict[str, Any], request_id: str | None) -> Reply:
+        """Run one frame's handler: the reply to send (an ack, an error, or nothing)."""
+        try:
+            await self.check_budget(frame_type)
             result = await handler(self, data)
-            if result is not None and request_id is not None:
-                self.reply({"type": "ack", "id": request_id, **result})
-        except ApplicationError as exc:
-            self.error(request_id, exc.as_dict())
+        except Exception as exc:  # noqa: BLE001
+            return self._failed(exc)
+        if result is not None and request_id is not None:
+            return "ack", {"type": "ack", "id": request_id, **result}
+        return None
+
+    def _failed(self, exc: Exception) -> Reply:
+        """The error reply for a frame that failed."""
+        if isinstance(exc, ApplicationError):
             if exc.status in (400, 429):
-                self._strike(rate_limited=isinstance(exc, RateLimited))
-        except Exception as exc:
-            fault = dependency_fault(exc)
-            if fault is not None:  # Redis or the database away: 503 with retry_after, never a 500
-                self.error(request_id, fault.as_dict())
+                return ("rate_strike" if isinstance(exc, RateLimited) else "strike"), exc.as_dict()
+            return "error", exc.as_dict()
+        fault = dependency_fault(exc)
+        if fault is not None:  # Redis or the database away: 503 with retry_after, never a 500
+            return "error", fault.as_dict()
+        suppressed = _handler_failures.allow(exc)
+        if suppressed is not None:
+            logger.exception("frame handler failed", exc_info=exc, extra={"suppressed_repeats": suppressed})
+        # A frame that fails the server is as abusive when repeated as an invalid one.
+        return "strike", internal_error_body()
+
+    def _answer(self, session: Session, request_id: str | None, reply: Reply) -> None:
+        if reply is not None:
+            kind, body = reply
+            if kind == "ack":
+                self.reply(body)
             else:
-                suppressed = _handler_failures.allow(exc)
-                if suppressed is not None:
-                    logger.exception("frame handler failed", extra={"suppressed_repeats": suppressed})
-                self.error(request_id, internal_error_body())
-                # A frame that fails the server is as abusive when repeated as an invalid one.
-                self._strike(rate_limited=False)
-        finally:
-            if session.resuming:  # no handler runs any more: nothing is held for a resume
-                session.release_held()
+                self.error(request_id, body)
+                if kind != "error":  # after the reply, so the last one before a 1008 still goes out
+                    self._strike(rate_limited=kind == "rate_strike")
+        if session.resuming:  # no handler runs any more: nothing is held for a resume
+            session.release_held()
+
+    async def _pipeline(
+        self,
+        session: Session,
+        handler: Handler,
+        frame_type: str,
+        data: dict[str, Any],
+        request_id: str | None,
+        key: str,
+    ) -> None:
+        """Start the frame's handler without waiting for it: a socket's sends do not wait for
+        each other's database round trip. A frame waits for the earlier one with the same key
+        (the order of one conversation's messages), and its reply for the earlier replies."""
+        in_flight = self.in_flight
+        if in_flight is None:
+            in_flight = self.in_flight = deque()
+        while len(in_flight) >= PIPELINE_DEPTH:
+            await asyncio.wait([in_flight[0]])
+        same_key = next((task for task in reversed(in_flight) if task.get_name() == key), None)
+        previous = in_flight[-1] if in_flight else None
+        task = asyncio.get_running_loop().create_task(
+            self._pipelined(session, handler, frame_type, data, request_id, same_key, previous), name=key
+        )
+        in_flight.append(task)
+        task.add_done_callback(in_flight.remove)
+
+    async def _pipelined(
+        self,
+        session: Session,
+        handler: Handler,
+        frame_type: str,
+        data: dict[str, Any],
+        request_id: str | None,
+        same_key: asyncio.Task[None] | None,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        if same_key is not None:
+            await asyncio.wait([same_key])
+        reply = await self._handle(handler, frame_type, data, request_id)
+        if previous is not None:
+            await asyncio.wait([previous])
+        self._answer(session, request_id, reply)
+
+    async def _drain_pipeline(self) -> None:
+        if self.in_flight:
+            await asyncio.wait(list(self.in_flight))
 
     def _strike(self, *, rate_limited: bool) -> None:
         """Sustained invalid frames or rate-limit violations close the socket with 1008."""

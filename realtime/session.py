@@ -21,11 +21,13 @@ from typing import Any
 
 from core import metrics
 
+from . import wire
 from .protocol import CloseCode, encode
 
 logger = logging.getLogger("realtime.session")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+NOTHING_HELD: frozenset[str] = frozenset()
 
 
 class Session:
@@ -37,6 +39,7 @@ class Session:
         "drain_waiter",
         "pre_resume",
         "pre_resume_timer",
+        "proto",
         "queue",
         "queue_limit",
         "ready",
@@ -52,6 +55,8 @@ class Session:
         self, send: Send, *, connection_id: str, user_id: int, queue_limit: int, on_dead: Callable[[], None]
     ) -> None:
         self.send = send  # the server's send: no wrapper layers per frame
+        # The server's protocol when frames can go straight to its transport (realtime/wire.py).
+        self.proto = wire.direct_protocol(send)
         self.connection_id = connection_id
         self.user_id = user_id
         self.topics: set[str] = set()  # the conversations this socket receives
@@ -66,8 +71,9 @@ class Session:
         self.ready = False  # frames are written once the socket is routed and registered
         self.sent_seq: dict[str, int] = {}
         self.resuming: dict[str, list[tuple[int, str]]] = {}
-        # Streams held since connect until the client's first frame (see hold_until_first_frame).
-        self.pre_resume: set[str] = set()
+        # Streams held since connect until the client's first frame (see hold_until_first_frame);
+        # a shared empty one otherwise (an idle socket would keep an empty set of 216 bytes).
+        self.pre_resume: set[str] | frozenset[str] = NOTHING_HELD
         self.pre_resume_timer: asyncio.TimerHandle | None = None
         self._on_dead = on_dead
 
@@ -80,6 +86,13 @@ class Session:
             return
         if self.writer is None and self.ready and not self.queue:
             metrics.frame_out(frame_type)
+            proto = self.proto
+            if proto is not None and wire.can_write(proto):
+                try:
+                    proto.transport.write(wire.text_frame(text))
+                except Exception as exc:  # noqa: BLE001
+                    self._write_failed(exc)
+                return
             self._send_eagerly(text)
             return
         if self.queue is None:
@@ -119,7 +132,8 @@ class Session:
 
     def take_over_held(self, stream: str) -> None:
         """A resume of ``stream`` holds its live frames from now on, and releases them itself."""
-        self.pre_resume.discard(stream)
+        if isinstance(self.pre_resume, set):
+            self.pre_resume.discard(stream)
         self.resuming.setdefault(stream, [])
 
     def release_held(self, everything: bool = True) -> None:
@@ -129,10 +143,12 @@ class Session:
             self.pre_resume_timer.cancel()
             self.pre_resume_timer = None
         streams = list(self.resuming) if everything else list(self.pre_resume)
-        self.pre_resume = set()
+        self.pre_resume = NOTHING_HELD
         for stream in streams:
             for seq, text in sorted(self.resuming.pop(stream, None) or ()):
                 self.push_sequenced(stream, seq, text)
+        if not self.resuming:
+            self.resuming = {}  # an emptied dict keeps its table
 
     def start(self) -> None:
         """Routed and registered: write what was queued (hello first) and send eagerly from now on."""
@@ -183,9 +199,16 @@ class Session:
         try:
             if started is not None:
                 await finish_started(*started)
-            send = self.send
+            send, proto = self.send, self.proto
             while (queue := self.queue) and self.closing is None:
-                await send({"type": "websocket.send", "text": queue.popleft()})
+                if proto is not None and wire.can_write(proto):
+                    # Everything queued in one write (the transport takes it all, or pauses
+                    # us before the next one).
+                    frames = [wire.text_frame(text) for text in queue]
+                    queue.clear()
+                    proto.transport.write(b"".join(frames))
+                else:
+                    await send({"type": "websocket.send", "text": queue.popleft()})
                 if self.drain_waiter is not None and len(queue) <= self.drain_mark:
                     self._release_drain_waiter()
             self.queue = None  # empty (or closing): the next wait makes a new one
