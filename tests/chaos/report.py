@@ -104,7 +104,8 @@ def markdown(report: dict[str, Any], info: dict[str, str], cluster: dict[str, An
         "not delivered to a participant. Duplicates: a client_msg_id stored or acknowledged under two seqs. "
         "The cut drops, with nftables, every packet between one instance's sockets and Redis (nodes and "
         "Sentinels) until every client has resumed elsewhere and the invariants are checked; the Firestore "
-        "emulator is stopped for 20 s (the status sync backs off meanwhile) while every client sets a status.",
+        "emulator is stopped for the time its row names (the status sync backs off meanwhile) while every client "
+        "sets a status; statuses are checked once it is back.",
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".",
     ]
@@ -154,8 +155,8 @@ def picture(report: dict[str, Any], png: Path, cluster: dict[str, Any] | None = 
     _panel(
         axes[0][0],
         report,
-        "Chaos run on Sentinel: connected clients (line), acknowledged sends per second (bars). Each fault shaded"
-        " from its start to its check (dashed: the moment measured from; dark base: sends paused for the check)",
+        "Chaos run on Sentinel: connected clients (line), acknowledged sends per second (bars).\nEach fault shaded"
+        " from its start to its end (dashed: the moment measured from; dark base: from its check to its end)",
     )
     if cluster is not None:
         _panel(axes[1][0], cluster, "The same on a Redis Cluster (a smaller run)")
