@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
@@ -16,6 +18,31 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _in_flight = 0
+
+# Database calls (and the Redis calls services make inside them) run on a thread pool of their
+# own once the runtime has started, the size of the loop's default one. When Redis is cut off
+# (packets dropped) every call in flight sits on its timeouts; in the loop's default executor
+# they would also hold up what Django and asyncio run there: Django hands every 4xx and 5xx
+# response to a default-executor thread for its log line before sending it, so /api/health's
+# 503, the very answer that sends the balancer elsewhere, waited behind them for many seconds.
+CALL_THREADS = min(32, (os.cpu_count() or 1) + 4)
+_executor: ThreadPoolExecutor | None = None
+
+
+def start_executor() -> None:
+    """Give database calls their own threads (the runtime, when it starts on the server's loop)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=CALL_THREADS, thread_name_prefix="db-call")
+
+
+def stop_executor() -> None:
+    """Back to the loop's default executor; the threads end once their calls in flight return."""
+    global _executor
+    executor, _executor = _executor, None
+    if executor is not None:
+        executor.shutdown(wait=False)
+
 
 # Work that code inside a db_call hands back to the event loop (see defer_to_loop).
 _loop_work: ContextVar[list[Callable[[], Awaitable[None]]] | None] = ContextVar("db_loop_work", default=None)
@@ -73,11 +100,21 @@ def db_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         finally:
             _loop_work.reset(token)
 
-    wrapped: Any = database_sync_to_async(in_thread, thread_sensitive=False)
+    default: Any = database_sync_to_async(in_thread, thread_sensitive=False)
+    own: tuple[ThreadPoolExecutor | None, Any] = (None, default)
+
+    def wrapped_for(executor: ThreadPoolExecutor | None) -> Any:
+        nonlocal own
+        if executor is None:
+            return default
+        if own[0] is not executor:
+            own = (executor, database_sync_to_async(in_thread, thread_sensitive=False, executor=executor))
+        return own[1]
 
     @functools.wraps(func)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
         global _in_flight
+        wrapped = wrapped_for(_executor)
         _in_flight += 1
         try:
             ok, value, work = await wrapped(*args, **kwargs)

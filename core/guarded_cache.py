@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from redis import exceptions as redis_exceptions
+
 from core.redis_client import get_async, get_sync, key
 
 # A cached value outlives no change (invalidation is exact); the TTL only bounds what an
@@ -54,12 +56,23 @@ def keys(tag: str, name: str) -> tuple[str, str]:
     return value_key, f"{value_key}:gen"
 
 
+async def _execute(pipe: Any) -> list[Any]:
+    """``await pipe.execute()``. When a cluster master dies under the pipeline, redis-py's async
+    cluster pipeline can fail on the connection it just closed with an AttributeError (no stream
+    writer) or a RuntimeError (transport closed) instead of a ConnectionError: that is the same
+    Redis fault (503 or a skipped best-effort write), not a bug of ours, so it is raised as one."""
+    try:
+        return list(await pipe.execute())
+    except (AttributeError, RuntimeError) as exc:
+        raise redis_exceptions.ConnectionError(f"connection lost under a pipeline ({exc.__class__.__name__})") from exc
+
+
 async def read(tag: str, name: str) -> Read:
     value_key, gen_key = keys(tag, name)
     pipe = get_async().pipeline(transaction=False)
     pipe.get(value_key)
     pipe.get(gen_key)
-    value, gen = await pipe.execute()
+    value, gen = await _execute(pipe)
     return Read(value, gen or "")
 
 
@@ -71,7 +84,7 @@ async def read_many(items: list[tuple[str, str]]) -> list[str | None]:
     pipe = get_async().pipeline(transaction=False)
     for tag, name in items:
         pipe.get(keys(tag, name)[0])
-    return list(await pipe.execute())
+    return await _execute(pipe)
 
 
 async def fill(tag: str, name: str, value: str, seen: Read) -> bool:
@@ -128,4 +141,4 @@ async def raise_to(items: list[tuple[str, str, int]]) -> None:
     pipe = get_async().pipeline(transaction=False)
     for tag, name, value in items:
         pipe.eval(_RAISE_LUA, 1, keys(tag, name)[0], value, VALUE_TTL_SECONDS)
-    await pipe.execute()
+    await _execute(pipe)

@@ -101,6 +101,9 @@ class Runtime:
                 loop.create_task(named.hook(), name=named.name, context=contextvars.Context()) for named in self._loops
             ]
             self._install_sigterm()
+            from core import db  # imports Django's ORM: not at module level
+
+            db.start_executor()
             self.started = True
             logger.info("runtime started", extra={"loops": [n.name for n in self._loops]})
 
@@ -108,6 +111,7 @@ class Runtime:
         for task in self.tasks:
             task.cancel()
         self.tasks = []
+        self._stop_db_executor()
         self.started = False
         self.draining = False
         self._drained = None
@@ -118,7 +122,14 @@ class Runtime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._stop_db_executor()
         self.started = False
+
+    @staticmethod
+    def _stop_db_executor() -> None:
+        from core import db
+
+        db.stop_executor()
 
     # --- drain -------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,8 @@ class AppServer:
         self.env = dict(env, INSTANCE_ID=instance_id)
         self.log_path = log_dir / f"{instance_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        # Wraps the command at every start (harness.netcut: start inside a cgroup of its own).
+        self.launcher: Callable[[list[str]], list[str]] | None = None
 
     def command(self) -> list[str]:
         bindir = Path(sys.executable).parent
@@ -223,7 +226,8 @@ class AppServer:
 
     def start(self) -> AppServer:
         self.log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.command(), env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        command = self.launcher(self.command()) if self.launcher else self.command()
+        self.proc = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, 30, self.proc)
         return self
 

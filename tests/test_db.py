@@ -4,6 +4,7 @@ resumes, also when the call raises; outside a db_call nothing is deferred."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
@@ -49,6 +50,25 @@ async def test_outside_a_db_call_nothing_is_deferred():
 
     assert defer_to_loop(never) is False
     assert await asyncio.to_thread(defer_to_loop, never) is False
+
+
+async def test_calls_hung_on_a_dependency_leave_the_loops_default_executor_free():
+    """Once the runtime runs, db_calls have threads of their own: calls all stuck on a cut-off
+    Redis do not hold up the loop's default executor, where Django logs every error response
+    before sending it (a 503 from /api/health waited behind them)."""
+    from core.runtime import runtime
+
+    await runtime.ensure_started()
+    release = threading.Event()
+    default_executor_threads = min(32, (os.cpu_count() or 1) + 4)
+    stuck = [asyncio.ensure_future(db_call(release.wait)(10)) for _ in range(default_executor_threads + 2)]
+    try:
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        assert await asyncio.wait_for(loop.run_in_executor(None, lambda: "logged"), 3) == "logged"
+    finally:
+        release.set()
+        await asyncio.gather(*stuck)
 
 
 def _backend_pid() -> int:

@@ -50,6 +50,8 @@ class Client:
     closes: list[tuple[float, str | None, int | None]] = field(default_factory=list)
     handshake_failures: list[tuple[float, str]] = field(default_factory=list)
     error_frames: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    # The presence of the last acknowledged status.set, and when it was acknowledged.
+    status_ack: tuple[float, dict[str, Any]] | None = None
     violations: list[str] = field(default_factory=list)
     _conn: Any = None
     _drop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -134,6 +136,17 @@ class Client:
         """Close the socket from this side (a network drop, a reconnect burst)."""
         self._drop.set()
 
+    async def set_status(self, status: str, text: str) -> bool:
+        """Send ``status.set`` (acknowledged into ``status_ack``); False when not connected."""
+        if self._conn is None:
+            return False
+        frame = {"type": "status.set", "id": f"status-{time.monotonic_ns()}", "status": status, "text": text}
+        try:
+            await self._conn.send(json.dumps(frame))
+        except ConnectionClosed:
+            return False
+        return True
+
     def _closed(self, exc: ConnectionClosed) -> None:
         code = exc.rcvd.code if exc.rcvd else None
         self.closes.append((time.monotonic(), self.instance, code))
@@ -208,6 +221,8 @@ class Client:
                 self.ack_times.append((now, item.last_sent))
         elif kind == "ack" and frame.get("id") == "resume":
             return
+        elif kind == "ack" and str(frame.get("id", "")).startswith("status-"):
+            self.status_ack = (now, frame.get("presence") or {})
         elif kind == "error":
             self.error_frames.append((now, frame))
             status = int(frame.get("status", 0))

@@ -1,7 +1,8 @@
 """The failover report from a chaos run's JSON: a markdown table of the figures per fault and a
 PNG of connected clients and acknowledged sends per second over the run, faults marked.
 
-    python -m tests.chaos.report failover.json --png docs/failover.png --markdown failover.md
+    python -m tests.chaos.report failover.json --cluster failover-cluster.json \\
+        --png docs/failover.png --markdown failover.md
 """
 
 from __future__ import annotations
@@ -54,13 +55,8 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def markdown(report: dict[str, Any], info: dict[str, str]) -> str:
+def _rows(report: dict[str, Any]) -> list[str]:
     lines = [
-        f"{report['clients']} clients in {report['conversations']} overlapping conversations, about one message a "
-        f"second each, through nginx (docker/nginx.conf) to three uvicorn instances; Redis behind Sentinel "
-        f"(master, replica, three Sentinels, down-after 1 s); PostgreSQL. Run of {report['duration_s']} s: "
-        f"{report['sent']} messages sent, {report['acked']} acknowledged.",
-        "",
         "| fault | fresh ack p50 (s) | fresh ack max (s) | reconnects | lost | duplicates | 5xx but 503 | result |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -73,23 +69,50 @@ def markdown(report: dict[str, Any], info: dict[str, str]) -> str:
             f"| {f['fault']} | {_cell(f['fresh_ack_p50_s'])} | {_cell(f['fresh_ack_max_s'])} | {f['reconnects']} "
             f"| {f['lost']} | {f['duplicates']} | {f['bad_5xx']} | {result} |"
         )
+    for name, reason in report.get("skipped", {}).items():
+        lines.append(f"| {name} | - | - | - | - | - | - | not run on this machine: {reason} |")
+    return lines
+
+
+def _topology(report: dict[str, Any]) -> str:
+    if report.get("topology") == "cluster":
+        return "a Redis Cluster (three masters, three replicas, cluster-node-timeout 1 s)"
+    return "Redis behind Sentinel (master, replica, three Sentinels, down-after 1 s)"
+
+
+def markdown(report: dict[str, Any], info: dict[str, str], cluster: dict[str, Any] | None = None) -> str:
+    lines = [
+        f"{report['clients']} clients in {report['conversations']} overlapping conversations, about one message a "
+        f"second each, through nginx (docker/nginx.conf) to three uvicorn instances; {_topology(report)}; "
+        f"PostgreSQL; the Firestore emulator with status sync on. Run of {report['duration_s']} s: "
+        f"{report['sent']} messages sent, {report['acked']} acknowledged.",
+        "",
+        *_rows(report),
+    ]
+    if cluster is not None:
+        lines += [
+            "",
+            f"The same clients and invariants on {_topology(cluster)}, a smaller run (REDIS_CLUSTER=true): "
+            f"{cluster['duration_s']} s, {cluster['sent']} messages sent, {cluster['acked']} acknowledged.",
+            "",
+            *_rows(cluster),
+        ]
     lines += [
         "",
         "Fresh ack: from the fault (the last SIGTERM of the rolling deploy) until a client has the ack of a message "
         "it sent after that moment; p50 and max over the clients. Lost: acknowledged but not stored, or stored but "
-        "not delivered to a participant. Duplicates: a client_msg_id stored or acknowledged under two seqs.",
+        "not delivered to a participant. Duplicates: a client_msg_id stored or acknowledged under two seqs. "
+        "The cut drops, with nftables, every packet between one instance's sockets and Redis (nodes and "
+        "Sentinels) until every client has resumed elsewhere and the invariants are checked; the Firestore "
+        "emulator is stopped for the time its row names (the status sync backs off meanwhile) while every client "
+        "sets a status; statuses are checked once it is back.",
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".",
     ]
     return "\n".join(lines) + "\n"
 
 
-def picture(report: dict[str, Any], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _panel(ax: Any, report: dict[str, Any], title: str) -> None:
     timeline = report["timeline"]
     end = max([p["t"] for p in timeline] + [a for a in report["acks"]] + [1.0])
     seconds = int(end) + 1
@@ -97,7 +120,6 @@ def picture(report: dict[str, Any], png: Path) -> None:
     for t in report["acks"]:
         if 0 <= t < seconds:
             acks_per_s[int(t)] += 1
-    fig, ax = plt.subplots(figsize=(12, 4.5), dpi=110)
     ax.bar(range(seconds), acks_per_s, width=1.0, color="#9ecae1", label="acknowledged sends per second")
     ax.set_xlabel("seconds since the clients started")
     ax.set_ylabel("acks per second")
@@ -119,11 +141,25 @@ def picture(report: dict[str, Any], png: Path) -> None:
             va="top",
         )
     ax.set_xlim(0, seconds)
-    ax.set_title(
-        "Chaos run: connected clients (line), acknowledged sends per second (bars). Each fault shaded from its"
-        " start to its check (dashed: the moment measured from; dark base: sends paused for the check)",
-        fontsize=9,
+    ax.set_title(title, fontsize=9)
+
+
+def picture(report: dict[str, Any], png: Path, cluster: dict[str, Any] | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = 2 if cluster is not None else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(12, 4.5 * rows), dpi=110, squeeze=False)
+    _panel(
+        axes[0][0],
+        report,
+        "Chaos run on Sentinel: connected clients (line), acknowledged sends per second (bars).\nEach fault shaded"
+        " from its start to its end (dashed: the moment measured from; dark base: from its check to its end)",
     )
+    if cluster is not None:
+        _panel(axes[1][0], cluster, "The same on a Redis Cluster (a smaller run)")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
@@ -135,13 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("json", type=Path)
     parser.add_argument("--png", type=Path, default=Path("docs/failover.png"))
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--cluster", type=Path, help="the Redis Cluster run's JSON (a second table and panel)")
     args = parser.parse_args(argv)
     report = json.loads(args.json.read_text())
-    text = markdown(report, machine())
+    cluster = json.loads(args.cluster.read_text()) if args.cluster and args.cluster.exists() else None
+    text = markdown(report, machine(), cluster)
     if args.markdown:
         args.markdown.write_text(text)
     sys.stdout.write(text)
-    picture(report, args.png)
+    picture(report, args.png, cluster)
     return 0
 
 

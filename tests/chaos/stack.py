@@ -1,6 +1,8 @@
 """The topology users deploy, on loopback: three uvicorn instances behind the shipped
-docker/nginx.conf, Redis behind Sentinel (master, replica, three Sentinels), and a PostgreSQL
-cluster of the suite's own (so it can be restarted)."""
+docker/nginx.conf, Redis behind Sentinel (master, replica, three Sentinels) or a Redis Cluster
+(three masters, three replicas), and a PostgreSQL cluster of the suite's own (so it can be
+restarted). Optionally the Firestore emulator with status sync on, and instance "c" in a cgroup
+of its own so it can be cut off from Redis alone (harness/netcut.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +10,27 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from harness import netcut
+from harness.firestore_emulator import FirestoreEmulator, find_jar
 from harness.processes import ROOT, AppServer, Nginx, PostgresServer, app_env, start_all, stop_all
+from harness.redis_cluster import RedisCluster
 from harness.sentinel import MASTER_NAME, SentinelTopology
 
 INSTANCES = ("a", "b", "c")
+CUT_INSTANCE = "c"
 CLIENTS = 30
 CONVERSATIONS = 10
 
 # Timings of the integration tests (fast reaping and grace), so faults settle within the run.
 APP_ENV = {
     "CHAT_MODE": "cluster",
-    "REDIS_SENTINEL_MASTER": MASTER_NAME,
     "REDIS_KEY_PREFIX": "chat",
     "LOG_LEVEL": "INFO",
     "INSTANCE_TTL_SECONDS": "3",
@@ -65,26 +71,74 @@ def _manage(env: dict[str, str], *args: str) -> str:
 
 
 class ChaosStack:
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, *, cluster: bool = False, firestore: bool = False, cut: bool = False) -> None:
         self.dir = work_dir
         self.pg = PostgresServer()
+        # The Sentinel topology (``redis``) or the Redis Cluster (``cluster``).
         self.redis = SentinelTopology(down_after_ms=1000, failover_timeout_ms=3000)
+        self.cluster: RedisCluster | None = RedisCluster() if cluster else None
         self.servers: dict[str, AppServer] = {}
         self.nginx: Nginx | None = None
         self.seeded: dict[str, Any] = {}
+        self.firestore: FirestoreEmulator | None = None
+        self.firestore_missing: str | None = None
+        if firestore:
+            try:
+                find_jar()
+                self.firestore = FirestoreEmulator(project="chat-chaos")
+            except RuntimeError as exc:
+                self.firestore_missing = str(exc)
+        self.cut: netcut.CgroupCut | None = None
+        self.cut_unavailable: str | None = netcut.unavailable() if cut else "not asked for"
+        if cut and self.cut_unavailable is None:
+            try:
+                self.cut = netcut.CgroupCut(f"chaos-{CUT_INSTANCE}")
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                self.cut_unavailable = f"the nftables cgroup match does not work here: {exc}"
 
     def start(self) -> ChaosStack:
+        # The emulator (a JVM) starts beside the rest; the instances need it only once running.
+        failed: list[BaseException] = []
+
+        def start_emulator() -> None:
+            try:
+                assert self.firestore is not None
+                self.firestore.start()
+            except BaseException as exc:  # raised below, in the starting thread
+                failed.append(exc)
+
+        emulator = threading.Thread(target=start_emulator, daemon=True) if self.firestore else None
+        if emulator is not None:
+            emulator.start()
         self.pg.start()
-        self.redis.start()
-        env = app_env(DATABASE_URL=self.pg.url() + "?connect_timeout=2", REDIS_SENTINELS=self.redis.sentinel_hosts)
-        env.update(APP_ENV)
-        # Nothing may reach the test run's own Redis: the instances find theirs through Sentinel.
-        for name in ("REDIS_HOST", "REDIS_PORT"):
+        env = app_env(DATABASE_URL=self.pg.url() + "?connect_timeout=2")
+        # Nothing may reach the test run's own Redis: the instances find theirs through Sentinel
+        # or the cluster's startup node.
+        for name in ("REDIS_HOST", "REDIS_PORT", "REDIS_SENTINELS", "REDIS_CLUSTER", "FIRESTORE_EMULATOR_HOST"):
             env.pop(name, None)
+        if self.cluster is not None:
+            self.cluster.start()
+            host, port = self.cluster.startup
+            env.update(REDIS_CLUSTER="true", REDIS_HOST=host, REDIS_PORT=str(port))
+        else:
+            self.redis.start()
+            env.update(REDIS_SENTINELS=self.redis.sentinel_hosts, REDIS_SENTINEL_MASTER=MASTER_NAME)
+        if self.firestore is not None:
+            env.update(FIRESTORE_PROJECT_ID=self.firestore.project, FIRESTORE_EMULATOR_HOST=self.firestore.host)
+        else:
+            env.pop("FIRESTORE_PROJECT_ID", None)
+            env.pop("GOOGLE_CLOUD_PROJECT", None)
+        env.update(APP_ENV)
         _manage(dict(env, CHAT_MODE="single"), "migrate", "--noinput", "-v", "0")
         script = _SEED % {"clients": CLIENTS, "convs": CONVERSATIONS}
         self.seeded = json.loads(_manage(dict(env, CHAT_MODE="single"), "shell", "-c", script).strip().splitlines()[-1])
+        if emulator is not None:
+            emulator.join(90)
+            if failed:
+                raise failed[0]
         self.servers = {name: AppServer("uvicorn", name, env, self.dir) for name in INSTANCES}
+        if self.cut is not None:
+            self.servers[CUT_INSTANCE].launcher = self.cut.wrap
         start_all(list(self.servers.values()))
         self.nginx = Nginx([s.port for s in self.servers.values()], self.dir).start()
         return self
@@ -113,6 +167,12 @@ class ChaosStack:
         server.start()
         return took
 
+    def redis_ports(self) -> list[int]:
+        """Every port of Redis an instance may talk to: nodes and Sentinels."""
+        if self.cluster is not None:
+            return [n.port for n in self.cluster.nodes]
+        return [*self.redis.nodes, *(s.port for s in self.redis.sentinels)]
+
     def db(self) -> psycopg.Connection:
         return psycopg.connect(self.pg.url(), autocommit=True, connect_timeout=5)
 
@@ -130,9 +190,30 @@ class ChaosStack:
             stored.setdefault(str(cid), []).append((seq, str(mid), sender, cmid))
         return stored, {str(k): v for k, v in last.items()}
 
+    def public_versions(self, user_ids: list[int]) -> dict[int, tuple[int, str, str]]:
+        """Per user the public view Firestore must hold: (public_version, status, text), with an
+        offline or invisible user shown offline (presence/presenters.py)."""
+        with self.db() as conn:
+            rows = conn.execute(
+                "SELECT user_id, public_version, status, text, online FROM presence_userstatus WHERE user_id = ANY(%s)",
+                (user_ids,),
+            ).fetchall()
+        out: dict[int, tuple[int, str, str]] = {}
+        for user_id, version, status, text, online in rows:
+            hidden = not online or status == "invisible"
+            out[user_id] = (version, "offline" if hidden else status, "" if hidden else text)
+        return out
+
     def stop(self) -> None:
         stop_all(list(self.servers.values()))
         if self.nginx is not None:
             self.nginx.stop()
-        self.redis.stop()
+        if self.cut is not None:
+            self.cut.close()
+        if self.cluster is not None:
+            self.cluster.stop()
+        else:
+            self.redis.stop()
+        if self.firestore is not None:
+            self.firestore.stop()
         self.pg.destroy()
