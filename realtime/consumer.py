@@ -45,9 +45,11 @@ ABUSE_WINDOW_SECONDS = 10.0
 ABUSE_MAX_STRIKES = 20
 TOUCH_INTERVAL_SECONDS = 30.0
 DEAD_CLEANUP_SECONDS = 1.0
-# Live frames of ordered streams on a new socket wait at most this long for the client's first
-# frame (its resume after a reconnect; see Session.hold_until_first_frame).
-PRE_RESUME_HOLD_SECONDS = 1.0
+# Live frames of ordered streams on a new socket wait at most this long, from hello going out,
+# for the client's first frame (its resume after a reconnect; see
+# Session.hold_until_first_frame). A client that sends nothing sees its first live frames this
+# late; one that resumes (the SDK always does) ends the wait with its first frame.
+PRE_RESUME_HOLD_SECONDS = 2.0
 
 # Frames of one socket whose handlers run at once (message.send in different conversations, or
 # queued behind each other in one); past this the socket's next frame waits.

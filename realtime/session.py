@@ -38,6 +38,7 @@ class Session:
         "drain_mark",
         "drain_waiter",
         "pre_resume",
+        "pre_resume_timeout",
         "pre_resume_timer",
         "proto",
         "queue",
@@ -75,6 +76,7 @@ class Session:
         # a shared empty one otherwise (an idle socket would keep an empty set of 216 bytes).
         self.pre_resume: set[str] | frozenset[str] = NOTHING_HELD
         self.pre_resume_timer: asyncio.TimerHandle | None = None
+        self.pre_resume_timeout = 0.0
         self._on_dead = on_dead
 
     # --- pushing ------------------------------------------------------------------------------
@@ -124,11 +126,12 @@ class Session:
         """Hold the live frames of ``streams`` until the client's first frame has been handled
         (or ``timeout``): a client that reconnects sends ``resume`` first, and a frame committed
         while it was away, sent before the resume is read, would overtake the missed ones the
-        resume sends (out of seq order)."""
+        resume sends (out of seq order). The wait is counted from ``hello`` going out (see
+        start), not from the connect: a busy server or client must not eat into it."""
         self.pre_resume = set(streams)
         for stream in streams:
             self.resuming.setdefault(stream, [])
-        self.pre_resume_timer = asyncio.get_running_loop().call_later(timeout, self.release_held, False)
+        self.pre_resume_timeout = timeout
 
     def take_over_held(self, stream: str) -> None:
         """A resume of ``stream`` holds its live frames from now on, and releases them itself."""
@@ -154,6 +157,10 @@ class Session:
         """Routed and registered: write what was queued (hello first) and send eagerly from now on."""
         self.ready = True
         self._start_writer()
+        if self.pre_resume and self.pre_resume_timer is None:  # still held: no frame came yet
+            self.pre_resume_timer = asyncio.get_running_loop().call_later(
+                self.pre_resume_timeout, self.release_held, False
+            )
 
     def _send_eagerly(self, text: str) -> None:
         coro = self.send({"type": "websocket.send", "text": text})
