@@ -197,12 +197,8 @@ class AppServer:
                 "127.0.0.1",
                 "-p",
                 str(self.port),
-                # A backstop at twice the limit: autobahn drops an oversized frame's connection
-                # without a close frame, so the consumer's own check (1009) must come first.
-                "--websocket-max-message-size",
-                str(2 * int(self.env.get("WS_MAX_FRAME_BYTES", "65536"))),
-                "--websocket-max-frame-size",
-                str(2 * int(self.env.get("WS_MAX_FRAME_BYTES", "65536"))),
+                # The contract's command, no flags: the application sets daphne's frame limit
+                # from WS_MAX_FRAME_BYTES itself (core/daphne_compat.py).
                 "chatproject.asgi:application",
             ]
         return [
