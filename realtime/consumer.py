@@ -118,7 +118,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     # --- connection lifecycle -------------------------------------------------------------------
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
-        self.connection_id = str(uuid.uuid4())
+        # An app may have chosen the id already (to count the socket before it connects).
+        self.connection_id = getattr(self, "connection_id", "") or str(uuid.uuid4())
         self.connected_at = time.monotonic()
         self.last_touch = time.monotonic()
         connection_id_var.set(self.connection_id)

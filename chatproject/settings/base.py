@@ -6,6 +6,7 @@ names the variable (``SystemExit``), so an operator sees the cause, not a traceb
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -323,6 +324,17 @@ if CONVERSATION_ADD_POLICY not in {"open", "contacts"}:
     raise ConfigError("CONVERSATION_ADD_POLICY", f"expected open or contacts, got {CONVERSATION_ADD_POLICY!r}")
 # Live sockets one user may hold across the cluster; the next handshake is closed with 4429.
 WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 20, minimum=1)
+# Live sockets one client address may hold across the cluster (0: no cap); the next handshake
+# is closed with 4429. IPv6 addresses count by their /64. Off by default: behind a proxy that is
+# not in TRUSTED_PROXIES, or behind carrier NAT, many clients share one address.
+WS_MAX_SOCKETS_PER_ADDRESS = env_int("WS_MAX_SOCKETS_PER_ADDRESS", 0, minimum=0)
+# Peers (addresses or networks) whose X-Forwarded-For names the client address of a socket.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ConfigError("TRUSTED_PROXIES", f"expected addresses or networks, got {_proxy!r}") from None
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
