@@ -22,6 +22,7 @@ from typing import Any
 
 SERVER_CODES = {1001, 1008, 1009, 1011, 1012, 1013}
 TOO_BIG = 1009
+CLOSE_HANDSHAKE_SECONDS = 5.0
 
 
 class WriteBackpressure:
@@ -112,6 +113,9 @@ def patch_daphne() -> None:
         self.maxFramePayloadSize = limit if self.maxFramePayloadSize <= 0 else min(self.maxFramePayloadSize, limit)
         if 0 < self.maxMessagePayloadSize < limit:  # never refuse a message the limit allows
             self.maxMessagePayloadSize = limit
+        # A close frame queued behind what a slow reader has still to read (a 4008 close) needs
+        # more than autobahn's 1 s to be answered before the connection is dropped.
+        self.closeHandshakeTimeout = max(self.closeHandshakeTimeout, CLOSE_HANDSHAKE_SECONDS)
         install_backpressure(self)
 
     def too_big(self: Any, msg_size: int, max_msg_size: int, reason: str) -> None:
