@@ -29,7 +29,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from core import metrics, validation
-from core.errors import ApplicationError, Invalid, RateLimited, dependency_fault, internal_error_body
+from core.errors import AccountInactive, ApplicationError, Invalid, RateLimited, dependency_fault, internal_error_body
 from core.logging import RepeatGate, connection_id_var, user_id_var
 from core.runtime import runtime
 
@@ -308,7 +308,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 self.reply({"type": "ack", "id": request_id, **result})
         except ApplicationError as exc:
             self.error(request_id, exc.as_dict())
-            if exc.status in (400, 429):
+            if isinstance(exc, AccountInactive):
+                # The action found the account deactivated before the periodic re-check did
+                # (a bulk update fires no signal): the socket goes now, as the re-check would close it.
+                self.close_with(CloseCode.DEACTIVATED)
+            elif exc.status in (400, 429):
                 self._strike(rate_limited=isinstance(exc, RateLimited))
         except Exception as exc:
             fault = dependency_fault(exc)
