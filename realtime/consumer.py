@@ -147,6 +147,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             connection_id=self.connection_id,
             user_id=self.user_id,
             queue_limit=settings.WS_SEND_QUEUE_FRAMES,
+            byte_limit=settings.WS_SEND_QUEUE_BYTES,
             on_dead=self._on_dead,
         )
         try:

@@ -246,7 +246,10 @@ INSTANCE_TTL_SECONDS = env_float("INSTANCE_TTL_SECONDS", 15.0, minimum=1.0)
 INSTANCE_HEARTBEAT_SECONDS = env_float("INSTANCE_HEARTBEAT_SECONDS", INSTANCE_TTL_SECONDS / 3, minimum=0.1)
 WS_HEARTBEAT_INTERVAL_SECONDS = env_int("WS_HEARTBEAT_INTERVAL_SECONDS", 25, minimum=1)
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 65536, minimum=1024)
+# Outgoing frames, and bytes (0: no byte bound), queued for one socket before it is closed with
+# 4008: what one client that does not read may cost this process.
 WS_SEND_QUEUE_FRAMES = env_int("WS_SEND_QUEUE_FRAMES", 1000, minimum=10)
+WS_SEND_QUEUE_BYTES = env_int("WS_SEND_QUEUE_BYTES", 8 * 1024 * 1024, minimum=0)
 MESSAGE_MAX_CHARS = env_int("MESSAGE_MAX_CHARS", 4000, minimum=1)
 RATE_LIMIT_MESSAGES = env_str("RATE_LIMIT_MESSAGES", "10/s burst 30")
 RATE_LIMIT_PER_SECOND, RATE_LIMIT_BURST = parse_rate("RATE_LIMIT_MESSAGES", RATE_LIMIT_MESSAGES)

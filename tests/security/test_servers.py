@@ -13,7 +13,7 @@ import socket
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.conftest import open_ws
+from tests.integration.conftest import open_ws, start_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -72,9 +72,19 @@ async def test_frame_at_the_limit_is_read_and_answered(app, people, kind):
     await ws.close()
 
 
+@pytest.fixture(scope="module")
+def byte_bound_app(django_db_setup, tmp_path_factory):
+    """The same servers with a queue bounded by bytes long before its frame count."""
+    env = {**SERVER_ENV, "WS_SEND_QUEUE_FRAMES": "1000", "WS_SEND_QUEUE_BYTES": "262144"}
+    cluster = start_cluster(tmp_path_factory.mktemp("bytes"), servers=SERVERS, **env)
+    yield cluster
+    cluster.stop()
+
+
 @pytest.mark.parametrize("kind", KINDS)
-async def test_slow_reader_is_closed_with_4008_and_others_keep_receiving(app, people, kind):
-    server = app.servers[kind]
+@pytest.mark.parametrize("bound", ["frames", "bytes"])
+async def test_slow_reader_is_closed_with_4008_and_others_keep_receiving(request, people, kind, bound):
+    server = request.getfixturevalue("app" if bound == "frames" else "byte_bound_app").servers[kind]
     cid = people["cid"]
     overflows_before = server.logs().count("outgoing queue overflow")
     # A client that stops reading: its small incoming queue fills, it stops reading the socket,
