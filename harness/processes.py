@@ -208,8 +208,12 @@ class AppServer:
             "127.0.0.1",
             "--port",
             str(self.port),
+            # A backstop at twice the limit: the application's own check answers a frame over
+            # WS_MAX_FRAME_BYTES with a close handshake (1009). At uvicorn's own limit the
+            # websockets library fails the connection while the client may still be sending,
+            # and the reset can overtake its 1009 (the client sees 1006).
             "--ws-max-size",
-            self.env.get("WS_MAX_FRAME_BYTES", "65536"),
+            str(2 * int(self.env.get("WS_MAX_FRAME_BYTES", "65536"))),
             "--ws-per-message-deflate",
             self.env.get("WS_PER_MESSAGE_DEFLATE", "false"),
             "--timeout-graceful-shutdown",
