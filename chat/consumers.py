@@ -8,6 +8,7 @@ close codes) is realtime's; other apps add their frame handlers to the same tabl
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from asgiref.typing import WebSocketConnectEvent
@@ -31,18 +32,43 @@ FRAME_BUDGETS = {"ping": "ping", "resume": "resume", "presence.sync": "presence_
 
 class ChatConsumer(RealtimeConsumer):
     resume_running: bool = False
+    address: str = ""
+    address_counted: bool = False
+    address_user_id: int = 0
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
-        """The cap on sockets per user first; once connected, the socket's credential is
-        re-checked periodically (chat/revocation.py)."""
+        """The caps on sockets per user and per address first; once connected, the socket's
+        credential is re-checked periodically (chat/revocation.py)."""
         user: Any = self.scope.get("user")
         known = bool(user is not None and user.is_authenticated and user.is_active)
         if known and await socket_cap.over_cap(int(user.pk)):
             await self._refuse(socket_cap.CLOSE_TOO_MANY_SOCKETS)
             return
+        if known:
+            self.connection_id = str(uuid.uuid4())
+            self.address = socket_cap.client_address(self.scope)
+            if not await socket_cap.admit_address(self.address, int(user.pk), self.connection_id):
+                await self._refuse(socket_cap.CLOSE_TOO_MANY_SOCKETS)
+                return
+            self.address_counted, self.address_user_id = True, int(user.pk)
         await super().websocket_connect(message)
-        if known and self.registered and self.session is not None:
+        if not self.registered:
+            await self._release_address()
+        elif known and self.session is not None:
             revocation.track(self.session, revocation.credential_for(self.scope, user))
+
+    async def _tear_down(self, code: int) -> None:
+        counted = self.registered
+        try:
+            await super()._tear_down(code)
+        finally:
+            if counted:
+                await self._release_address()
+
+    async def _release_address(self) -> None:
+        if self.address_counted:
+            self.address_counted = False
+            await socket_cap.release_address(self.address, self.address_user_id, self.connection_id)
 
     async def topics(self) -> dict[str, int]:
         """The user's conversations and the latest seq of each (from Redis; chat/topics.py)."""

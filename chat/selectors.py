@@ -11,7 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
-from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
+from core.errors import AccountInactive, Invalid, NotFound, NotParticipant
 
 from .models import Conversation, Message, Participant
 from .presenters import receipt
@@ -54,9 +54,15 @@ def active_participant(*, conversation_id: uuid.UUID, user_id: int) -> bool:
 
 
 def raise_not_participant(*, user_id: int) -> None:
-    if not User.objects.filter(pk=user_id, is_active=True).exists():
-        raise PermissionDenied("This account is deactivated.", code="account_inactive")
+    require_active(user_id=user_id)
     raise NotParticipant()
+
+
+def require_active(*, user_id: int) -> None:
+    """Raise ``AccountInactive`` unless the account is active now. Actions whose own query
+    already joins the user's row check it there and call this only on a miss."""
+    if not User.objects.filter(pk=user_id, is_active=True).exists():
+        raise AccountInactive()
 
 
 def conversations_of(*, user_id: int) -> QuerySet[Conversation]:
@@ -100,9 +106,13 @@ def conversation_ids_of(*, user_id: int) -> list[str]:
     return [str(c) for c in Participant.objects.filter(user_id=user_id).values_list("conversation_id", flat=True)]
 
 
-def contact_ids(*, user_id: int) -> list[int]:
-    """Every user who shares at least one conversation with ``user_id`` (not the user itself)."""
-    mine = Participant.objects.filter(user_id=user_id).values("conversation_id")
+def contact_ids(*, user_id: int, active: bool = False) -> list[int]:
+    """Every user who shares at least one conversation with ``user_id`` (not the user itself);
+    with ``active``, none unless ``user_id``'s account is active (checked in the same query)."""
+    participations = Participant.objects.filter(user_id=user_id)
+    if active:
+        participations = participations.filter(user__is_active=True)
+    mine = participations.values("conversation_id")
     return list(
         Participant.objects.filter(conversation_id__in=mine)
         .exclude(user_id=user_id)

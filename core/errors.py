@@ -71,6 +71,12 @@ class PermissionDenied(ApplicationError):
     status, code, default_detail = 403, "permission_denied", "You do not have permission to do this."
 
 
+class AccountInactive(PermissionDenied):
+    """The acting user's account was deactivated (a socket that meets it is closed with 4403)."""
+
+    code, default_detail = "account_inactive", "This account is deactivated."
+
+
 class NotParticipant(ApplicationError):
     status, code, default_detail = 403, "not_participant", "You are not a participant of this conversation."
 

@@ -200,12 +200,8 @@ class AppServer:
                 "127.0.0.1",
                 "-p",
                 str(self.port),
-                # A backstop at twice the limit: autobahn drops an oversized frame's connection
-                # without a close frame, so the consumer's own check (1009) must come first.
-                "--websocket-max-message-size",
-                str(2 * int(self.env.get("WS_MAX_FRAME_BYTES", "65536"))),
-                "--websocket-max-frame-size",
-                str(2 * int(self.env.get("WS_MAX_FRAME_BYTES", "65536"))),
+                # The contract's command, no flags: the application sets daphne's frame limit
+                # from WS_MAX_FRAME_BYTES itself (core/daphne_compat.py).
                 "chatproject.asgi:application",
             ]
         return [
@@ -215,8 +211,12 @@ class AppServer:
             "127.0.0.1",
             "--port",
             str(self.port),
+            # A backstop at twice the limit: the application's own check answers a frame over
+            # WS_MAX_FRAME_BYTES with a close handshake (1009). At uvicorn's own limit the
+            # websockets library fails the connection while the client may still be sending,
+            # and the reset can overtake its 1009 (the client sees 1006).
             "--ws-max-size",
-            self.env.get("WS_MAX_FRAME_BYTES", "65536"),
+            str(2 * int(self.env.get("WS_MAX_FRAME_BYTES", "65536"))),
             "--ws-per-message-deflate",
             self.env.get("WS_PER_MESSAGE_DEFLATE", "false"),
             "--timeout-graceful-shutdown",

@@ -82,11 +82,13 @@ def presence_of(*, viewer_id: int, user_id: object, viewer_is_staff: bool = Fals
 
 def presence_snapshot(*, user_id: int) -> list[dict[str, Any]]:
     """The current presence of every user sharing a conversation with ``user_id``."""
-    from chat.selectors import contact_ids
+    from chat.selectors import contact_ids, require_active
 
     from .models import UserStatus
     from .presenters import presence_view
 
-    ids = sorted(contact_ids(user_id=user_id))
+    ids = sorted(contact_ids(user_id=user_id, active=True))
+    if not ids:  # no contacts, or a deactivated account (the query joins the caller's row)
+        require_active(user_id=user_id)
     rows = {r.user_id: r for r in UserStatus.objects.filter(user_id__in=ids)}
     return [presence_view(rows.get(uid) or UserStatus(user_id=uid), public=True) for uid in ids]

@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chat import events, ratelimit
-from chat.selectors import conversation_ids_of
+from chat.selectors import conversation_ids_of, require_active
 from core.errors import Invalid, NotFound
 from core.validation import check_text
 from realtime.protocol import CloseCode
@@ -55,6 +55,17 @@ def _row_for_update(user_id: int) -> UserStatus:
     except IntegrityError:  # created concurrently
         pass
     return UserStatus.objects.select_for_update().get(user_id=user_id)
+
+
+def _active_row_for_update(user_id: int) -> UserStatus:
+    """The user's row, locked, only while the account is active: the check rides on the
+    locking read (a join), so an action re-checks the account at its time at no extra query; a
+    miss (no row yet, or a deactivated account) looks again."""
+    row = UserStatus.objects.select_for_update(of=("self",)).filter(user_id=user_id, user__is_active=True).first()
+    if row is not None:
+        return row
+    require_active(user_id=user_id)
+    return _row_for_update(user_id)
 
 
 def _publish(row: UserStatus, conversation_ids: list[str] | None = None, *, public_changed: bool = True) -> None:
@@ -99,7 +110,7 @@ def status_set(*, user_id: int, status: Any, text: Any = None) -> dict[str, Any]
     if text is not None:
         check_text(text, "text")
     ratelimit.check("status", user_id=user_id)
-    row = _row_for_update(user_id)
+    row = _active_row_for_update(user_id)
     new_text = row.text if text is None else text.strip()
     if (row.status, row.text) != (status, new_text):
         before = public_state(row)

@@ -29,7 +29,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from core import metrics, validation
-from core.errors import ApplicationError, Invalid, RateLimited, dependency_fault, internal_error_body
+from core.errors import AccountInactive, ApplicationError, Invalid, RateLimited, dependency_fault, internal_error_body
 from core.logging import RepeatGate, connection_id_var, user_id_var
 from core.runtime import runtime
 
@@ -137,7 +137,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     # --- connection lifecycle -------------------------------------------------------------------
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
-        self.connection_id = str(uuid.uuid4())
+        # An app may have chosen the id already (to count the socket before it connects).
+        self.connection_id = getattr(self, "connection_id", "") or str(uuid.uuid4())
         self.connected_at = time.monotonic()
         self.last_touch = time.monotonic()
         connection_id_var.set(self.connection_id)
@@ -165,6 +166,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             connection_id=self.connection_id,
             user_id=self.user_id,
             queue_limit=settings.WS_SEND_QUEUE_FRAMES,
+            byte_limit=settings.WS_SEND_QUEUE_BYTES,
             on_dead=self._on_dead,
         )
         try:
@@ -348,6 +350,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     def _failed(self, exc: Exception) -> Reply:
         """The error reply for a frame that failed."""
         if isinstance(exc, ApplicationError):
+            if isinstance(exc, AccountInactive):
+                return "inactive", exc.as_dict()
             if exc.status in (400, 429):
                 return ("rate_strike" if isinstance(exc, RateLimited) else "strike"), exc.as_dict()
             return "error", exc.as_dict()
@@ -367,7 +371,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 self.reply(body)
             else:
                 self.error(request_id, body)
-                if kind != "error":  # after the reply, so the last one before a 1008 still goes out
+                if kind == "inactive":
+                    # The action found the account deactivated before the periodic re-check did
+                    # (a bulk update fires no signal): the socket goes now, as the re-check would close it.
+                    self.close_with(CloseCode.DEACTIVATED)
+                elif kind != "error":  # after the reply, so the last one before a 1008 still goes out
                     self._strike(rate_limited=kind == "rate_strike")
         if session.resuming:  # no handler runs any more: nothing is held for a resume
             session.release_held()

@@ -3,8 +3,8 @@
 Frames are sent eagerly when nothing is queued (the transport almost always takes the bytes at
 once, and then no task was needed); a send that has to wait is finished by the writer task, and
 frames pushed meanwhile queue behind it, in order. A client that reads too slowly overflows the
-queue and is closed with 4008 instead of growing this process's memory. An idle socket holds no
-task.
+queue (``WS_SEND_QUEUE_FRAMES`` frames or ``WS_SEND_QUEUE_BYTES`` bytes, whichever comes first)
+and is closed with 4008 instead of growing this process's memory. An idle socket holds no task.
 
 Every failed write ends in a closed socket: the session tries to close the transport, and
 ``on_dead`` (the consumer's cleanup: routing, registry, presence) runs whether or not a
@@ -33,6 +33,7 @@ NOTHING_HELD: frozenset[str] = frozenset()
 class Session:
     __slots__ = (
         "_on_dead",
+        "byte_limit",
         "closing",
         "connection_id",
         "drain_mark",
@@ -43,6 +44,7 @@ class Session:
         "proto",
         "queue",
         "queue_limit",
+        "queued_bytes",
         "ready",
         "resuming",
         "send",
@@ -53,7 +55,14 @@ class Session:
     )
 
     def __init__(
-        self, send: Send, *, connection_id: str, user_id: int, queue_limit: int, on_dead: Callable[[], None]
+        self,
+        send: Send,
+        *,
+        connection_id: str,
+        user_id: int,
+        queue_limit: int,
+        on_dead: Callable[[], None],
+        byte_limit: int = 0,
     ) -> None:
         self.send = send  # the server's send: no wrapper layers per frame
         # The server's protocol when frames can go straight to its transport (realtime/wire.py).
@@ -65,6 +74,8 @@ class Session:
         # holds no deque (760 bytes each).
         self.queue: deque[str] | None = None
         self.queue_limit = queue_limit
+        self.byte_limit = byte_limit  # 0: frames only
+        self.queued_bytes = 0
         self.writer: asyncio.Task[None] | None = None
         self.drain_waiter: asyncio.Future[None] | None = None
         self.drain_mark = 0
@@ -97,13 +108,19 @@ class Session:
                 return
             self._send_eagerly(text)
             return
+        size = encoded_size(text)
         if self.queue is None:
             self.queue = deque()
-        elif len(self.queue) >= self.queue_limit:
-            logger.warning("outgoing queue overflow", extra={"queued": len(self.queue)})
+            self.queued_bytes = 0
+        elif len(self.queue) >= self.queue_limit or (
+            # One frame larger than the bound still goes out when nothing waits before it.
+            self.byte_limit and self.queue and self.queued_bytes + size > self.byte_limit
+        ):
+            logger.warning("outgoing queue overflow", extra={"queued": len(self.queue), "bytes": self.queued_bytes})
             self.close(CloseCode.SLOW_CONSUMER)
             return
         self.queue.append(text)
+        self.queued_bytes += size
         metrics.frame_out(frame_type)
         if self.ready:
             self._start_writer()
@@ -182,6 +199,7 @@ class Session:
             return
         self.closing = int(code)
         self.queue = None
+        self.queued_bytes = 0
         self._release_drain_waiter()
         # With no writer running, one starts to close now; a running one closes when its
         # current send returns.
@@ -213,12 +231,16 @@ class Session:
                     # us before the next one).
                     frames = [wire.text_frame(text) for text in queue]
                     queue.clear()
+                    self.queued_bytes = 0
                     proto.transport.write(b"".join(frames))
                 else:
-                    await send({"type": "websocket.send", "text": queue.popleft()})
-                if self.drain_waiter is not None and len(queue) <= self.drain_mark:
+                    text = queue.popleft()
+                    self.queued_bytes -= encoded_size(text)
+                    await send({"type": "websocket.send", "text": text})
+                if self.drain_waiter is not None and not self._over_drain_mark(queue):
                     self._release_drain_waiter()
             self.queue = None  # empty (or closing): the next wait makes a new one
+            self.queued_bytes = 0
             if self.closing is not None:
                 await send({"type": "websocket.close", "code": self.closing})
         except asyncio.CancelledError:
@@ -237,6 +259,7 @@ class Session:
         already_closing = self.closing is not None and self.closing != CloseCode.ABNORMAL
         self.closing = CloseCode.ABNORMAL if self.closing is None else self.closing
         self.queue = None
+        self.queued_bytes = 0
         if not already_closing:
             asyncio.get_running_loop().create_task(self._close_transport())
         self._on_dead()
@@ -254,14 +277,23 @@ class Session:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _over_drain_mark(self, queue: deque[str]) -> bool:
+        return len(queue) > self.drain_mark or bool(self.byte_limit and self.queued_bytes > self.byte_limit // 2)
+
     async def drain_below(self, size: int) -> None:
-        """Wait until the writer has sent all but ``size`` queued frames."""
+        """Wait until the writer has sent all but ``size`` queued frames (and, with a byte bound,
+        until at most half of it is queued), so a resume never overflows a reader that keeps up."""
         self.drain_mark = size
-        while self.queue is not None and len(self.queue) > size and self.closing is None:
+        while self.queue is not None and self._over_drain_mark(self.queue) and self.closing is None:
             if self.writer is None:
                 self._start_writer()
             self.drain_waiter = asyncio.get_running_loop().create_future()
             await self.drain_waiter
+
+
+def encoded_size(text: str) -> int:
+    """The bytes ``text`` takes on the wire (most frames are ASCII: no encoding needed)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 async def finish_started(coro: Coroutine[Any, Any, Any], blocker: Any) -> None:

@@ -6,6 +6,7 @@ names the variable (``SystemExit``), so an operator sees the cause, not a traceb
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -245,7 +246,10 @@ INSTANCE_TTL_SECONDS = env_float("INSTANCE_TTL_SECONDS", 15.0, minimum=1.0)
 INSTANCE_HEARTBEAT_SECONDS = env_float("INSTANCE_HEARTBEAT_SECONDS", INSTANCE_TTL_SECONDS / 3, minimum=0.1)
 WS_HEARTBEAT_INTERVAL_SECONDS = env_int("WS_HEARTBEAT_INTERVAL_SECONDS", 25, minimum=1)
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 65536, minimum=1024)
+# Outgoing frames, and bytes (0: no byte bound), queued for one socket before it is closed with
+# 4008: what one client that does not read may cost this process.
 WS_SEND_QUEUE_FRAMES = env_int("WS_SEND_QUEUE_FRAMES", 1000, minimum=10)
+WS_SEND_QUEUE_BYTES = env_int("WS_SEND_QUEUE_BYTES", 8 * 1024 * 1024, minimum=0)
 MESSAGE_MAX_CHARS = env_int("MESSAGE_MAX_CHARS", 4000, minimum=1)
 RATE_LIMIT_MESSAGES = env_str("RATE_LIMIT_MESSAGES", "10/s burst 30")
 RATE_LIMIT_PER_SECOND, RATE_LIMIT_BURST = parse_rate("RATE_LIMIT_MESSAGES", RATE_LIMIT_MESSAGES)
@@ -323,6 +327,17 @@ if CONVERSATION_ADD_POLICY not in {"open", "contacts"}:
     raise ConfigError("CONVERSATION_ADD_POLICY", f"expected open or contacts, got {CONVERSATION_ADD_POLICY!r}")
 # Live sockets one user may hold across the cluster; the next handshake is closed with 4429.
 WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 20, minimum=1)
+# Live sockets one client address may hold across the cluster (0: no cap); the next handshake
+# is closed with 4429. IPv6 addresses count by their /64. Off by default: behind a proxy that is
+# not in TRUSTED_PROXIES, or behind carrier NAT, many clients share one address.
+WS_MAX_SOCKETS_PER_ADDRESS = env_int("WS_MAX_SOCKETS_PER_ADDRESS", 0, minimum=0)
+# Peers (addresses or networks) whose X-Forwarded-For names the client address of a socket.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ConfigError("TRUSTED_PROXIES", f"expected addresses or networks, got {_proxy!r}") from None
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -110,21 +110,33 @@ def slow_check(tmp_path):
     c.stop()
 
 
+def action_frames(cid: str) -> list[dict]:
+    return [
+        {"type": "message.send", "conversation_id": cid, "body": "after deactivation"},
+        {"type": "typing", "conversation_id": cid, "state": "start"},
+        {"type": "read", "conversation_id": cid, "seq": 0},
+        {"type": "resume", "cursors": {cid: 0}},
+        {"type": "status.set", "status": "busy", "text": "after deactivation"},
+        {"type": "presence.sync"},
+    ]
+
+
 async def test_every_action_rechecks_that_the_user_is_active(slow_check, alice):
-    sockets = await token_sockets(slow_check, alice)
+    """A bulk update fires no signal and the periodic re-check is minutes away: the action itself
+    finds the account deactivated, refuses it (403 account_inactive) and closes its socket (4403)."""
     cid = str(alice.conv.id)
+    frames = action_frames(cid)
+    # One socket per action and instance, all opened while the account is active.
+    sockets = [(frame, ws) for frame in frames for ws in await token_sockets(slow_check, alice)]
     await database_sync_to_async(lambda: User.objects.filter(pk=alice.pk).update(is_active=False))()
-    for n, ws in enumerate(sockets):
-        for frame in (
-            {"type": "message.send", "conversation_id": cid, "body": "after deactivation"},
-            {"type": "typing", "conversation_id": cid, "state": "start"},
-            {"type": "read", "conversation_id": cid, "seq": 0},
-            {"type": "resume", "cursors": {cid: 0}},
-        ):
-            reply = await ws.request({**frame, "id": f"{n}-{frame['type']}"})
-            assert reply["type"] == "error", reply
-            assert reply["status"] == 403 and reply["code"] == "account_inactive"
-        await ws.close()
+    for n, (frame, ws) in enumerate(sockets):
+        reply = await ws.request({**frame, "id": f"{n}-{frame['type']}"})
+        assert reply["type"] == "error", reply
+        assert reply["status"] == 403 and reply["code"] == "account_inactive", reply
+        assert await ws.closed_code(CLOSE_WITHIN) == 4403
     from chat.models import Message
+    from presence.models import UserStatus
 
     assert not await database_sync_to_async(lambda: Message.objects.filter(conversation_id=cid).exists())()
+    statuses = await database_sync_to_async(lambda: list(UserStatus.objects.filter(user_id=alice.pk)))()
+    assert all(row.status != "busy" for row in statuses)
