@@ -23,6 +23,12 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     os.environ.setdefault("INSTANCE_ID", f"test-{os.getpid()}")
     os.environ.setdefault("TEST_DATABASE_NAME", f"test_chat_{os.getpid()}")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        # Under pytest-xdist (-n) each worker inherits the names above from the controller:
+        # its own database and instance id, as its own redis-server above.
+        for name in ("INSTANCE_ID", "TEST_DATABASE_NAME"):
+            os.environ[name] = f"{os.environ[name]}_{worker}"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 

@@ -9,6 +9,10 @@ from rest_framework.test import APIClient
 from chat import services
 from chat.models import Message
 
+# A well-formed id that no conversation has (a fixed one: every test worker must collect the
+# same parametrized ids).
+UNKNOWN_ID = "8d0c2f4e-6b1a-4c3e-9f7d-000000000404"
+
 MESSAGE_KEYS = {"id", "conversation_id", "seq", "sender_id", "body", "client_msg_id", "created_at"}
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from chat.models import Conversation, Participant
-from tests.chat.apiutil import conv_url, frames, post_raw, send
+from tests.chat.apiutil import UNKNOWN_ID, conv_url, frames, post_raw, send
 from tests.conftest import assert_error, client_for
 from tests.factories import ConversationFactory, UserFactory
 
@@ -169,7 +168,7 @@ def test_conversation_detail_of_someone_elses_conversation_is_403(stranger_api, 
     assert_error(stranger_api.get(conv_url(conversation)), 403, "not_participant")
 
 
-@pytest.mark.parametrize("cid", [str(uuid.uuid4()), "not-a-uuid", "1", "%00"])
+@pytest.mark.parametrize("cid", [UNKNOWN_ID, "not-a-uuid", "1", "%00"])
 def test_conversation_detail_of_unknown_or_garbage_id_is_404(api, cid):
     assert_error(api.get(conv_url(cid)), 404, "not_found")
 
@@ -229,7 +228,7 @@ def test_non_participant_adding_is_403(stranger_api, conversation, stranger):
     assert not Participant.objects.filter(conversation=conversation, user=stranger).exists()
 
 
-@pytest.mark.parametrize("cid", [str(uuid.uuid4()), "garbage"])
+@pytest.mark.parametrize("cid", [UNKNOWN_ID, "garbage"])
 def test_adding_to_unknown_conversation_is_404(api, stranger, cid):
     assert_error(api.post(conv_url(cid, "participants/"), {"user_id": stranger.pk}, format="json"), 404, "not_found")
 
@@ -357,7 +356,7 @@ def test_non_participant_removing_is_403(stranger_api, stranger, conversation, u
     assert Participant.objects.filter(conversation=conversation).count() == 2
 
 
-@pytest.mark.parametrize("cid", [str(uuid.uuid4()), "garbage"])
+@pytest.mark.parametrize("cid", [UNKNOWN_ID, "garbage"])
 def test_removing_from_unknown_conversation_is_404(api, user, cid):
     assert_error(api.delete(conv_url(cid, f"participants/{user.pk}/")), 404, "not_found")
 

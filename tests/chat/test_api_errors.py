@@ -4,7 +4,6 @@ OpenAPI schema, unexpected errors, Redis down, and numbers given as strings."""
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from chat import services
 from chat.models import Message
 from core import redis_client
-from tests.chat.apiutil import conv_url
+from tests.chat.apiutil import UNKNOWN_ID, conv_url
 from tests.conftest import assert_error
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.django_db
 # --- Around the endpoints ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/api/nope/", f"/api/conversations/{uuid.uuid4()}/nonsense/", "/api/x/y/z/"])
+@pytest.mark.parametrize("path", ["/api/nope/", f"/api/conversations/{UNKNOWN_ID}/nonsense/", "/api/x/y/z/"])
 def test_unknown_api_path_is_a_json_404(api, path):
     r = api.get(path)
     assert r["Content-Type"].startswith("application/json")

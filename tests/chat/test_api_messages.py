@@ -4,7 +4,6 @@ success, then 400/401/403/404/429."""
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from django.conf import settings as django_settings
 
 from chat import services
 from chat.models import Message
-from tests.chat.apiutil import MESSAGE_KEYS, conv_url, frames, post_raw
+from tests.chat.apiutil import MESSAGE_KEYS, UNKNOWN_ID, conv_url, frames, post_raw
 from tests.conftest import assert_error
 
 pytestmark = pytest.mark.django_db
@@ -100,7 +99,7 @@ def test_message_list_of_someone_elses_conversation_is_403(stranger_api, convers
     assert_error(stranger_api.get(conv_url(conversation, "messages/")), 403, "not_participant")
 
 
-@pytest.mark.parametrize("cid", [str(uuid.uuid4()), "garbage"])
+@pytest.mark.parametrize("cid", [UNKNOWN_ID, "garbage"])
 def test_message_list_of_unknown_conversation_is_404(api, cid):
     assert_error(api.get(conv_url(cid, "messages/")), 404, "not_found")
 
@@ -246,7 +245,7 @@ def test_send_to_someone_elses_conversation_is_403(stranger_api, conversation):
     assert not Message.objects.exists()
 
 
-@pytest.mark.parametrize("cid", [str(uuid.uuid4()), "garbage"])
+@pytest.mark.parametrize("cid", [UNKNOWN_ID, "garbage"])
 def test_send_to_unknown_conversation_is_404(api, cid):
     assert_error(api.post(conv_url(cid, "messages/"), {"body": "hi"}, format="json"), 404, "not_found")
 

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from chat.models import Participant
-from tests.chat.apiutil import conv_url, frames, post_raw
+from tests.chat.apiutil import UNKNOWN_ID, conv_url, frames, post_raw
 from tests.conftest import assert_error
 
 pytestmark = pytest.mark.django_db
@@ -94,7 +92,7 @@ def test_read_of_someone_elses_conversation_is_403(stranger_api, conversation, f
     assert_error(stranger_api.get(conv_url(conversation, "read/")), 403, "not_participant")
 
 
-@pytest.mark.parametrize("cid", [str(uuid.uuid4()), "garbage"])
+@pytest.mark.parametrize("cid", [UNKNOWN_ID, "garbage"])
 def test_read_of_unknown_conversation_is_404(api, cid):
     assert_error(api.post(conv_url(cid, "read/"), {"seq": 0}, format="json"), 404, "not_found")
     assert_error(api.get(conv_url(cid, "read/")), 404, "not_found")
@@ -161,7 +159,7 @@ def test_typing_in_someone_elses_conversation_is_403(stranger_api, conversation)
     assert_error(r, 403, "not_participant")
 
 
-@pytest.mark.parametrize("cid", [str(uuid.uuid4()), "garbage"])
+@pytest.mark.parametrize("cid", [UNKNOWN_ID, "garbage"])
 def test_typing_in_unknown_conversation_is_404(api, cid):
     assert_error(api.post(conv_url(cid, "typing/"), {"state": "start"}, format="json"), 404, "not_found")
 
