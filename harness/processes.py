@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,10 +22,46 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
+# Ports for our servers come from below the kernel's ephemeral range. A server killed in a test
+# is started again on the same port; a port from the ephemeral range may meanwhile be the local
+# port of any client socket of the run, and the restarted server would fail to bind it.
+PORTS_LOW = 10000
+_port_rng = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
+def ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (where bind(0) and connect() draw from)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(offset: int = 0) -> int:
+    """A free port below the ephemeral range; with ``offset``, ``port + offset`` is free (and below
+    the range) as well, as a Redis Cluster node's bus port (port + 10000) must be."""
+    high = ephemeral_low() - offset
+    if high - PORTS_LOW < 100:
+        if offset:
+            raise RuntimeError(f"no room for a port pair {offset} apart below the ephemeral range")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # an unusual range: any port
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    for _ in range(500):
+        port = _port_rng.randrange(PORTS_LOW, high)
+        if port_free(port) and (not offset or port_free(port + offset)):
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,37 +17,20 @@ from typing import Any
 
 import redis
 
-from harness.processes import _redis_binary, wait_for_port
+from harness.processes import _redis_binary, free_port, wait_for_port
 
 NODE_TIMEOUT_MS = 1000
 CLUSTER_SLOTS = 16384
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def cluster_ports(count: int) -> list[int]:
-    """Free ports whose cluster bus port (port + 10000) is also free and below 65536."""
+    """Free ports whose cluster bus port (port + 10000) is also free, all below the ephemeral
+    range (a killed node starts again on the same two ports: harness.processes.free_port)."""
     ports: list[int] = []
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + 10000 >= 65536:
-            # Ephemeral ports are mostly high: fold into the range below 55536.
-            port = 20000 + port % 30000
-        if port in ports or not _port_free(port) or not _port_free(port + 10000):
-            continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError("no free port pairs for a Redis Cluster")
+    while len(ports) < count:
+        if (port := free_port(offset=10000)) not in ports:
+            ports.append(port)
+    return ports
 
 
 def make_tls_files(directory: str) -> dict[str, str]:
@@ -113,7 +95,10 @@ class ClusterNode:
             "--daemonize",
             "no",
             "--loglevel",
-            "warning",
+            "notice",
+            # Each node's own log in the cluster's folder: a heal that times out quotes its tail.
+            "--logfile",
+            self.log_path,
             *self.extra_args,
         ]
         if self.password:
@@ -126,6 +111,17 @@ class ClusterNode:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.dir, f"node-{self.port}.log")
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no log)\n"
 
     def client(self, timeout: float = 2.0) -> redis.Redis:
         tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": self.tls["ca.crt"]} if self.tls else {}
@@ -327,6 +323,22 @@ class RedisCluster:
                 raise TimeoutError(f"cluster still not failed {timeout}s after losing a shard")
             time.sleep(0.1)
 
+    def describe(self) -> str:
+        """Each node's state, its view of the cluster and its log's tail: what a failed wait shows."""
+        out = []
+        for node in self.nodes:
+            state = "frozen" if node.frozen else "alive" if node.alive else "dead"
+            out.append(f"--- node {node.port} ({state})")
+            if node.alive and not node.frozen:
+                try:
+                    for v in self._nodes_view(node):
+                        flags = ",".join(sorted(v["flags"]))
+                        out.append(f"  sees {v['port']} {flags} master={v['master_id'][:8]} slots={len(v['slots'])}")
+                except redis.RedisError as exc:
+                    out.append(f"  CLUSTER NODES failed: {exc!r}")
+            out.append(node.log_tail().rstrip())
+        return "\n".join(out)
+
     def heal(self, timeout: float = 30.0) -> None:
         """Bring every killed or frozen node back (it rejoins as a replica) and wait until healthy."""
         for node in self.nodes:
@@ -338,6 +350,10 @@ class RedisCluster:
                 node.start()  # its nodes.conf in the temp dir makes it rejoin
         deadline = time.monotonic() + timeout
         while True:
+            if dead := [n.port for n in self.nodes if not n.alive]:
+                # A node that exits after binding its client port (its bus port taken, say) would
+                # otherwise only show as a timeout.
+                raise RuntimeError(f"Redis Cluster node(s) {dead} exited while healing\n{self.describe()}")
             try:
                 view = self._nodes_view(self.nodes[0])
                 flags_ok = all("fail" not in v["flags"] and "fail?" not in v["flags"] for v in view)
@@ -350,7 +366,7 @@ class RedisCluster:
             except redis.RedisError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Redis Cluster did not heal within {timeout}s")
+                raise TimeoutError(f"Redis Cluster did not heal within {timeout}s\n{self.describe()}")
             time.sleep(0.1)
 
     def move_slot(self, slot: int, target: ClusterNode, timeout: float = 10.0) -> None:
