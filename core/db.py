@@ -6,6 +6,7 @@ import asyncio
 import functools
 import os
 import time
+import types
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -81,11 +82,26 @@ def _mark_connections_used() -> None:
             conn.chat_last_ok = now  # type: ignore[attr-defined]
 
 
+# db_call's wrapper of each plain function, made once: call sites write
+# ``await db_call(services.x)(...)`` per frame, and building asgiref's wrappers each time cost
+# more CPU than the call's own hop to the thread (a reconnect storm's resumes, in the profile).
+_wrappers: dict[Callable[..., Any], Callable[..., Awaitable[Any]]] = {}
+
+
 def db_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """Run ``func`` in the thread pool with Django's connection handling (old connections are
     closed around it). Not thread-sensitive: channels' default runs every database call of the
     process on one shared thread, which would queue all sockets behind the slowest query (or
     behind a Firestore call stuck on a timeout)."""
+    if isinstance(func, types.FunctionType):
+        wrapper = _wrappers.get(func)
+        if wrapper is None:
+            wrapper = _wrappers[func] = _make_db_call(func)
+        return wrapper
+    return _make_db_call(func)
+
+
+def _make_db_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
     def in_thread(*args: Any, **kwargs: Any) -> tuple[bool, Any, list[Callable[[], Awaitable[None]]]]:
         work: list[Callable[[], Awaitable[None]]] = []
@@ -100,12 +116,14 @@ def db_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         finally:
             _loop_work.reset(token)
 
-    default: Any = database_sync_to_async(in_thread, thread_sensitive=False)
-    own: tuple[ThreadPoolExecutor | None, Any] = (None, default)
+    default: Any = None
+    own: tuple[ThreadPoolExecutor | None, Any] = (None, None)
 
     def wrapped_for(executor: ThreadPoolExecutor | None) -> Any:
-        nonlocal own
+        nonlocal own, default
         if executor is None:
+            if default is None:
+                default = database_sync_to_async(in_thread, thread_sensitive=False)
             return default
         if own[0] is not executor:
             own = (executor, database_sync_to_async(in_thread, thread_sensitive=False, executor=executor))
