@@ -194,6 +194,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _set_up(self, session: Session) -> bool:
         """The connect work: routing, registry, first-connection hooks. False when it failed
         (the socket is then closed with 1011, and the disconnect that follows undoes it)."""
+        step = "topics"  # named in the log line of a failed connect
         try:
             topics = await self.topics()
             session.hold_until_first_frame(list(topics), PRE_RESUME_HOLD_SECONDS)
@@ -203,20 +204,23 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             # Marked first: if routing or the registry fails half-way, the disconnect that
             # follows the 1011 close undoes whatever part of it was done (both are idempotent).
             self.registered = True
+            step = "route"
             await router.add(session, topics)
+            step = "registry"
             became_online = await get_registry().add(self._registry_entry())
             session.start()
             if became_online:
+                step = "first_connection"
                 for hook in self.first_connection_hooks:
                     await hook(self.user_id, list(topics))
         except (TimeoutError, ConnectionError, RedisError, DatabaseError) as exc:
             # Expected when Redis or the database is slow or away (a reconnect storm): one
             # line, no traceback to format for each of thousands of sockets.
-            logger.warning("connect failed", extra={"error": exc.__class__.__name__})
+            logger.warning("connect failed", extra={"error": exc.__class__.__name__, "step": step})
             session.close(CloseCode.FANOUT_LOST)
             return False
         except Exception:
-            logger.exception("connect failed")
+            logger.exception("connect failed", extra={"step": step})
             session.close(CloseCode.FANOUT_LOST)
             return False
         return True
