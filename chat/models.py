@@ -76,3 +76,20 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.conversation_id}#{self.seq}"
+
+
+class CredentialChanges(models.Model):
+    """One row whose ``generation`` database triggers raise whenever a credential may have
+    ended: a user's ``is_active`` or password changed, a user, token or session row deleted,
+    by any writer (a bulk ``update()``, raw SQL, another program). Every instance reads it once
+    a second and re-checks its sockets' credentials only when it moved (chat/revocation.py), so
+    the steady state costs one tiny query, not one lookup per live socket."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True)
+    generation = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "credential changes"
+
+    def __str__(self) -> str:
+        return f"generation {self.generation}"

@@ -1,11 +1,16 @@
 """Revocation reaches live sockets: whatever ends a credential closes the sockets it opened,
 on every instance, within about ``CREDENTIAL_CHECK_SECONDS``.
 
-A socket remembers what it was opened with (a :class:`Credential`). Every instance re-checks
-the credentials of its own sockets periodically, against the database, in a few batched
-queries; this catches what fires no signal (``User.objects.filter(...).update(...)``, a
-token deleted in SQL). Signals (a deactivating save, a deleted user, a password change) close
-the sockets at once through the ``disconnect`` control event, on every instance.
+A socket remembers what it was opened with (a :class:`Credential`). Signals (a deactivating
+save, a deleted user, a password change) close the sockets at once through the ``disconnect``
+control event, on every instance. What fires no signal (``User.objects.filter(...).update(...)``,
+a token or session deleted in SQL, another program) raises a counter in the database through
+triggers (``CredentialChanges``, chat/migrations/0002). Every instance reads that counter each
+``CREDENTIAL_CHECK_SECONDS`` and re-checks all its sockets' credentials, in a few batched
+queries, only when it moved; a new socket's credential is checked in the round after it
+connected (the token cache may have let it in just before a change), and every socket's once
+per ``CREDENTIAL_SWEEP_SECONDS`` (an expired token or session, a database without the
+triggers). The steady state costs one tiny query a round, not one lookup per live socket.
 
 Close codes: 4403 for a deactivated user (the client stops retrying), 4401 for a credential
 that no longer holds (user deleted, password changed, token deleted or expired, session
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -137,20 +143,38 @@ def _live_sessions(keys: list[str]) -> set[str]:
 def track(session: Session, credential: Credential) -> None:
     """Follow this socket's credential until the socket leaves the router."""
     _tracked[session.connection_id] = (session, credential)
+    _fresh.add(session.connection_id)
 
 
-async def check_local() -> int:
-    """Close this instance's sockets whose credential no longer holds; returns how many."""
+# Databases whose migration installed the triggers behind CredentialChanges.
+TRIGGER_VENDORS = {"postgresql", "sqlite"}
+
+
+def generation() -> int | None:
+    """The credential-change counter (None on a database without the triggers)."""
+    from django.db import connection
+
+    from .models import CredentialChanges
+
+    if connection.vendor not in TRIGGER_VENDORS:
+        return None
+    return CredentialChanges.objects.filter(pk=1).values_list("generation", flat=True).first() or 0
+
+
+async def check_local(only: set[str] | None = None) -> int:
+    """Close this instance's sockets (those of ``only`` connection ids, if given) whose
+    credential no longer holds; returns how many."""
     live = {s.connection_id for sessions in router.by_user.values() for s in sessions}
     for connection_id in [c for c in _tracked if c not in live]:
         _tracked.pop(connection_id, None)
     by_credential: dict[Credential, list[Session]] = defaultdict(list)
-    for session, cred in list(_tracked.values()):
+    entries = _tracked.values() if only is None else [_tracked[c] for c in only if c in _tracked]
+    for session, cred in list(entries):
         if session.closing is None:
             by_credential[cred].append(session)
     if not by_credential:
         return 0
-    revoked = await db_call(verdicts)(list(by_credential))
+    revoked = await _verdicts(list(by_credential))
     closed = 0
     for cred, code in revoked.items():
         for session in by_credential[cred]:
@@ -161,12 +185,51 @@ async def check_local() -> int:
     return closed
 
 
+_verdicts = db_call(verdicts)
+_generation = db_call(generation)
+# Connection ids tracked since the last round: their credentials are checked in the next one.
+_fresh: set[str] = set()
+
+
+@dataclass
+class Rounds:
+    """What one instance's check loop has seen: the counter, and when all sockets were checked."""
+
+    seen: int | None = None
+    swept_at: float = -1e18
+    started: bool = False
+
+
+async def check_round(state: Rounds) -> int:
+    """One round: every socket when the counter moved (or the sweep is due), else the sockets
+    that connected since the last round. Returns how many sockets were closed."""
+    global _fresh
+    fresh, _fresh = _fresh, set()
+    try:
+        current = await _generation()  # read before the check: a change during it is seen next round
+        now = time.monotonic()
+        full = (
+            current is None
+            or not state.started
+            or current != state.seen
+            or now - state.swept_at >= settings.CREDENTIAL_SWEEP_SECONDS
+        )
+        closed = await check_local(None if full else fresh)
+    except BaseException:
+        _fresh |= fresh  # checked in the next round instead
+        raise
+    if full:
+        state.seen, state.swept_at, state.started = current, now, True
+    return closed
+
+
 async def run_credential_check_loop() -> None:
     """Background loop of every instance: re-check the credentials of its live sockets."""
+    state = Rounds()
     while True:
         await asyncio.sleep(settings.CREDENTIAL_CHECK_SECONDS)
         try:
-            await check_local()
+            await check_round(state)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001

@@ -218,7 +218,7 @@ if CHAT_MODE == "cluster" and REDIS_CLUSTER:
 elif CHAT_MODE == "cluster" and CHANNEL_LAYER_BACKEND == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": "realtime.pubsub_layer.RedisPubSubLayer",
             "CONFIG": {"hosts": [_layer_host()], "prefix": f"{REDIS_KEY_PREFIX}:layer"},
         }
     }
@@ -317,9 +317,13 @@ LOGIN_ADDRESS_PER_SECOND, LOGIN_ADDRESS_BURST = parse_rate("LOGIN_RATE_LIMIT_ADD
 # API tokens expire this long after they were issued (0: never); an expired one is a 401 over
 # HTTP and a 4401 close on the socket, and the next login issues a new one.
 TOKEN_TTL_SECONDS = env_int("TOKEN_TTL_SECONDS", 30 * 24 * 3600, minimum=0)
-# How often each instance re-checks the credentials of its live sockets (deactivated, deleted,
-# password changed, token deleted or expired, even by a bulk update that fires no signal).
+# How often each instance reads the database's credential-change counter (raised by triggers on
+# a deactivation, a password change, a deleted user, token or session, even by a bulk update
+# that fires no signal) and, when it moved, re-checks the credentials of its live sockets.
 CREDENTIAL_CHECK_SECONDS = env_float("CREDENTIAL_CHECK_SECONDS", 1.0, minimum=0.1)
+# How often every live socket's credential is re-checked whatever the counter says: tokens and
+# sessions that expire with time, and databases without the triggers (then: every round).
+CREDENTIAL_SWEEP_SECONDS = env_float("CREDENTIAL_SWEEP_SECONDS", 60.0, minimum=0.1)
 # Who may put whom into a conversation: "open" (any active user) or "contacts" (only users
 # who already share a conversation with the actor).
 CONVERSATION_ADD_POLICY = env_str("CONVERSATION_ADD_POLICY", "open").lower()
