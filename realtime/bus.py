@@ -65,6 +65,10 @@ class ChannelLayerBus:
         layer = self.layer or get_channel_layer()
         assert layer is not None, "CHANNEL_LAYERS has no default layer"
         async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            many = getattr(layer, "group_send_many", None)
+            if many is not None and len(groups) > 1:  # one round trip (realtime/pubsub_layer.py)
+                await many([(group, {**message, "group": group}) for group in groups])
+                return
             for group in groups:
                 await layer.group_send(group, {**message, "group": group})
 

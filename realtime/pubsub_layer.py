@@ -1,0 +1,40 @@
+"""channels-redis's pub/sub layer, with publishes that wait for nothing but Redis.
+
+``channels_redis.pubsub`` holds one lock per shard across every ``PUBLISH`` round trip, the same
+lock its ``SUBSCRIBE`` takes. On a busy instance every publish then waits for the one before it,
+and every new subscription waits behind all of them: in a burst of new users coming online (a
+presence publish each), sockets waited more than 3 s for their subscriptions and were closed
+with 1011. Here a publish goes out on the shard's pooled connections at once, concurrently with
+others and with subscriptions (the pub/sub connection is a connection of its own), and a send to
+several groups (``group_send_many``: a presence change to each of a user's conversations) is one
+pipeline per shard, one round trip. Receiving and subscribing are the library's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels_redis.pubsub import RedisPubSubChannelLayer
+
+
+class RedisPubSubLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await self.group_send_many([(group, message)])
+
+    async def group_send_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Publish each ``(group, message)``: one round trip per shard, however many groups."""
+        layer = self._get_layer()
+        by_shard: dict[Any, list[tuple[str, bytes]]] = {}
+        for group, message in items:
+            channel = layer._get_group_channel_name(group)
+            by_shard.setdefault(layer._get_shard(channel), []).append((channel, self.serialize(message)))
+        for shard, pairs in by_shard.items():
+            shard._ensure_redis()
+            client = shard._redis
+            if len(pairs) == 1:
+                await client.publish(*pairs[0])
+                continue
+            pipe = client.pipeline(transaction=False)
+            for channel, data in pairs:
+                pipe.publish(channel, data)
+            await pipe.execute()
