@@ -30,6 +30,7 @@ class Bus(Protocol):
     async def open(self, prefix: str) -> str: ...
     async def publish(self, groups: list[str], message: dict[str, Any]) -> None: ...
     async def subscribe(self, group: str) -> None: ...
+    async def subscribe_many(self, groups: list[str]) -> None: ...
     async def unsubscribe(self, group: str) -> None: ...
     async def receive(self) -> dict[str, Any]: ...
     async def probe(self, group: str, timeout: float) -> float: ...
@@ -77,6 +78,17 @@ class ChannelLayerBus:
         # so a queue of them is drained in one turn of the loop.
         async with asyncio.timeout(OP_TIMEOUT_SECONDS):
             await self.layer.group_add(group, self.channel_name)
+
+    async def subscribe_many(self, groups: list[str]) -> None:
+        """Subscribe to all ``groups``: one command per shard where the layer can (a connect
+        burst's queue), else one after another."""
+        many = getattr(self.layer, "group_add_many", None)
+        async with asyncio.timeout(OP_TIMEOUT_SECONDS):
+            if many is not None:
+                await many(groups, self.channel_name)
+                return
+            for group in groups:
+                await self.layer.group_add(group, self.channel_name)
 
     async def unsubscribe(self, group: str) -> None:
         try:

@@ -7,7 +7,8 @@ presence publish each), sockets waited more than 3 s for their subscriptions and
 with 1011. Here a publish goes out on the shard's pooled connections at once, concurrently with
 others and with subscriptions (the pub/sub connection is a connection of its own), and a send to
 several groups (``group_send_many``: a presence change to each of a user's conversations) is one
-pipeline per shard, one round trip. Receiving and subscribing are the library's.
+pipeline per shard, one round trip. Subscriptions queued by a burst of connects go out as one
+``SUBSCRIBE`` of all their channels (``group_add_many``). Receiving is the library's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,28 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 
 
 class RedisPubSubLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
+    async def group_add_many(self, groups: list[str], channel: str) -> None:
+        """Add ``channel`` to every group: one ``SUBSCRIBE`` per shard for all of them. redis-py
+        writes each command under ``wait_for`` (a task, so a turn of the event loop): one group
+        at a time, a busy instance's connects waited one loop turn per subscription queued
+        before theirs."""
+        layer = self._get_layer()
+        if channel not in layer.channels:
+            raise RuntimeError("You can only call group_add() on channels that exist in-process.")
+        by_shard: dict[Any, list[str]] = {}
+        for group in groups:
+            group_channel = layer._get_group_channel_name(group)
+            layer.groups.setdefault(group_channel, set()).add(channel)
+            by_shard.setdefault(layer._get_shard(group_channel), []).append(group_channel)
+        for shard, channels in by_shard.items():
+            async with shard._lock:
+                new = [c for c in dict.fromkeys(channels) if c not in shard._subscribed_to]
+                if new:
+                    shard._ensure_redis()
+                    shard._ensure_receiver()
+                    await shard._pubsub.subscribe(*new)
+                    shard._subscribed_to.update(new)
+
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         await self.group_send_many([(group, message)])
 

@@ -128,23 +128,26 @@ class Router:
     async def _subscribe_queued(self) -> None:
         try:
             while self.subscribe_queue:
-                group = self.subscribe_queue.popleft()
-                # The waiter stays listed until the subscribe is done, so a socket that needs
-                # the group meanwhile waits for this one instead of subscribing again.
-                waiter = self.subscribing[group]
+                # Everything queued so far in one go (one SUBSCRIBE per shard where the layer
+                # can): a reconnect storm queues thousands, and one at a time each cost a turn
+                # of a busy event loop. The waiters stay listed until the subscribe is done, so
+                # a socket that needs a group meanwhile waits for this one.
+                batch = list(self.subscribe_queue)
+                self.subscribe_queue.clear()
                 try:
-                    await self.bus.subscribe(group)
+                    await self.bus.subscribe_many(batch)
                 except Exception as exc:  # noqa: BLE001
                     metrics.LAYER_ERRORS.labels(op="group_add").inc()
-                    del self.subscribing[group]
-                    waiter.set_exception(exc)
+                    for group in batch:
+                        self.subscribing.pop(group).set_exception(exc)
                     continue
-                del self.subscribing[group]
-                if self._wanted(group):
-                    self.groups.add(group)
-                else:  # its last socket left while the subscription was queued
-                    await self._unsubscribe(group)
-                waiter.set_result(None)
+                for group in batch:
+                    waiter = self.subscribing.pop(group)
+                    if self._wanted(group):
+                        self.groups.add(group)
+                    else:  # its last socket left while the subscription was queued
+                        await self._unsubscribe(group)
+                    waiter.set_result(None)
         finally:
             self.subscriber = None
 

@@ -94,14 +94,14 @@ async def test_connect_whose_subscribe_fails_leaves_nothing_behind(pair, monkeyp
     and the group is not marked, so the next connect subscribes for real."""
     _, bob, conv = pair
     await runtime.ensure_started()
-    real_group_add = router.bus.layer.group_add
+    real_group_add_many = router.bus.layer.group_add_many
     calls = []
 
-    async def failing_group_add(group, channel):
-        calls.append(group)
+    async def failing_group_add_many(groups, channel):
+        calls.extend(groups)
         raise TimeoutError
 
-    monkeypatch.setattr(router.bus.layer, "group_add", failing_group_add)
+    monkeypatch.setattr(router.bus.layer, "group_add_many", failing_group_add_many)
     b = await connect(bob)
     # The hello was queued but never written: the socket is not routed, so it only gets 1011.
     assert not b.hello
@@ -113,7 +113,7 @@ async def test_connect_whose_subscribe_fails_leaves_nothing_behind(pair, monkeyp
     assert user_group(bob.pk) not in router.groups
     assert await get_registry().user_connections(bob.pk) == []
 
-    monkeypatch.setattr(router.bus.layer, "group_add", real_group_add)
+    monkeypatch.setattr(router.bus.layer, "group_add_many", real_group_add_many)
     b2 = await connect(bob)
     assert user_group(bob.pk) in router.groups and conversation_group(conv.id) in router.groups
     assert [c.connection_id for c in await get_registry().user_connections(bob.pk)] == [b2.hello["connection_id"]]
@@ -126,14 +126,16 @@ async def test_concurrent_connects_subscribe_each_group_once(monkeypatch):
     users = await database_sync_to_async(lambda: [UserFactory() for _ in range(30)])()
     conv = await database_sync_to_async(ConversationFactory)(owner=users[0], members=users[1:])
     await runtime.ensure_started()
-    real_group_add = router.bus.layer.group_add
+    real_group_add_many = router.bus.layer.group_add_many
     calls: list[str] = []
+    batches: list[int] = []
 
-    async def counting_group_add(group, channel):
-        calls.append(group)
-        await real_group_add(group, channel)
+    async def counting_group_add_many(groups, channel):
+        calls.extend(groups)
+        batches.append(len(groups))
+        await real_group_add_many(groups, channel)
 
-    monkeypatch.setattr(router.bus.layer, "group_add", counting_group_add)
+    monkeypatch.setattr(router.bus.layer, "group_add_many", counting_group_add_many)
     clients = await asyncio.gather(*(connect(u) for u in users))
     try:
         assert all(c.hello for c in clients)
@@ -144,3 +146,24 @@ async def test_concurrent_connects_subscribe_each_group_once(monkeypatch):
             assert await _seqs(client, 1) == [1]
     finally:
         await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_subscriptions_queued_together_go_out_in_one_batch(monkeypatch):
+    """Subscriptions that queue while the router's subscriber has not run yet (a connect burst)
+    are made in one call of the layer (one SUBSCRIBE per shard), not one loop turn each."""
+    await runtime.ensure_started()
+    real_group_add_many = router.bus.layer.group_add_many
+    batches: list[list[str]] = []
+
+    async def recording_group_add_many(groups, channel):
+        batches.append(list(groups))
+        await real_group_add_many(groups, channel)
+
+    monkeypatch.setattr(router.bus.layer, "group_add_many", recording_group_add_many)
+    groups = [f"burst-{i}" for i in range(5)]
+    monkeypatch.setattr(router, "_wanted", lambda group: True)
+    await asyncio.gather(*(router._subscribe(g) for g in groups))
+    assert batches == [groups]
+    assert set(groups) <= router.groups
+    for group in groups:
+        await router._unsubscribe(group)
