@@ -6,6 +6,7 @@ emulator is ever left behind by a wrapper script. Missing emulator = a loud fail
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -42,6 +43,7 @@ class FirestoreEmulator:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkdtemp(prefix="chat-firestore-")) / "emulator.log"
+        atexit.register(shutil.rmtree, self.log.parent, ignore_errors=True)  # restarts reuse it
 
     @property
     def host(self) -> str:

@@ -4,6 +4,8 @@ restarted with real signals; the Sentinels pick the new master."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -23,6 +25,7 @@ class Sentinel:
     def __init__(self, master_port: int, down_after_ms: int, failover_timeout_ms: int) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="chat-test-sentinel-"))
+        atexit.register(shutil.rmtree, self.dir, ignore_errors=True)  # as RedisServer's folder
         self.conf = self.dir / "sentinel.conf"
         self.conf.write_text(
             "\n".join(
