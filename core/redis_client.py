@@ -12,6 +12,7 @@ service's configuration endpoint): commands go to the node addresses the cluster
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -49,6 +50,11 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     redis_exceptions.ReadOnlyError,
     redis_exceptions.RedisClusterException,
 )
+
+# Connections per asyncio client (per process): a burst that wants more commands in flight (a
+# reconnect storm's connects and resumes) waits up to SOCKET_TIMEOUT for a free one. redis-py's
+# default pool refuses at once (MaxConnectionsError), and each refusal became a 503.
+MAX_CONNECTIONS = 100
 
 # How long a call that can wait out a failover (a send's rate limit, a ticket) keeps retrying:
 # Sentinel's down-after plus its election, or a managed Redis's endpoint switch.
@@ -153,11 +159,37 @@ def get_async() -> AsyncClient:
             from redis.asyncio.sentinel import Sentinel as AioSentinel
 
             sentinel = AioSentinel(cfg["sentinels"], socket_timeout=SOCKET_TIMEOUT)
-            client = sentinel.master_for(cfg["sentinel_master"], **_common_kwargs())
+            client = sentinel.master_for(
+                cfg["sentinel_master"],
+                connection_pool_class=_blocking_sentinel_pool(),
+                max_connections=MAX_CONNECTIONS,
+                timeout=SOCKET_TIMEOUT,
+                **_common_kwargs(),
+            )
         else:
-            client = aioredis.Redis(host=cfg["host"], port=cfg["port"], ssl=cfg["ssl"], **_common_kwargs())
+            pool = aioredis.BlockingConnectionPool(
+                host=cfg["host"],
+                port=cfg["port"],
+                connection_class=aioredis.SSLConnection if cfg["ssl"] else aioredis.Connection,
+                max_connections=MAX_CONNECTIONS,
+                timeout=SOCKET_TIMEOUT,
+                **_common_kwargs(),
+            )
+            client = aioredis.Redis.from_pool(pool)
         _async_clients[loop] = client
     return client
+
+
+@functools.cache
+def _blocking_sentinel_pool() -> type:
+    """Sentinel's pool (it finds the master) that waits for a free connection, as the one-Redis
+    client's ``BlockingConnectionPool`` does."""
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    class BlockingSentinelConnectionPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+        pass
+
+    return BlockingSentinelConnectionPool
 
 
 async def close_async() -> None:

@@ -13,9 +13,14 @@ pipeline per shard, one round trip. Subscriptions queued by a burst of connects 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from channels_redis.pubsub import RedisPubSubChannelLayer
+
+# Publishes in flight at once per loop: each holds one of the shard pool's connections (100 by
+# default, and redis-py refuses past that rather than wait).
+PUBLISH_CONCURRENCY = 32
 
 
 class RedisPubSubLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
@@ -47,6 +52,13 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
     async def group_send_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         """Publish each ``(group, message)``: one round trip per shard, however many groups."""
         layer = self._get_layer()
+        slots = layer.__dict__.get("publish_slots")
+        if slots is None:
+            slots = layer.publish_slots = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+        async with slots:
+            await self._publish(layer, items)
+
+    async def _publish(self, layer: Any, items: list[tuple[str, dict[str, Any]]]) -> None:
         by_shard: dict[Any, list[tuple[str, bytes]]] = {}
         for group, message in items:
             channel = layer._get_group_channel_name(group)
