@@ -9,6 +9,9 @@ others and with subscriptions (the pub/sub connection is a connection of its own
 several groups (``group_send_many``: a presence change to each of a user's conversations) is one
 pipeline per shard, one round trip. Subscriptions queued by a burst of connects go out as one
 ``SUBSCRIBE`` of all their channels (``group_add_many``). Receiving is the library's.
+
+It works on channels-redis 4.3's per-loop layer and shard objects (the version pinned in
+requirements/base.txt); tests/realtime/test_pubsub_layer.py fails if an upgrade changes them.
 """
 
 from __future__ import annotations
