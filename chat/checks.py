@@ -26,6 +26,15 @@ def settings_relations(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="chat.W001",
             )
         )
+    if settings.CREDENTIAL_SWEEP_SECONDS < settings.CREDENTIAL_CHECK_SECONDS:
+        problems.append(
+            Warning(
+                "CREDENTIAL_SWEEP_SECONDS is shorter than CREDENTIAL_CHECK_SECONDS: every round looks up "
+                "every live socket's credential.",
+                hint="The sweep only has to find tokens and sessions that expire with time; 60 s is the default.",
+                id="chat.W002",
+            )
+        )
     return problems
 
 

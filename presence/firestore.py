@@ -11,9 +11,11 @@ update with a last-update-time precondition), so concurrent writers end with the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +34,12 @@ LEASE_SECONDS = 30
 BATCH = 50
 MAX_BACKOFF_SECONDS = 30.0
 IDLE_POLL_SECONDS = 0.5
+# While writes fail, one read this often tells when Firestore is back; then every row waiting
+# out its backoff is sent at once, rather than up to MAX_BACKOFF_SECONDS later.
+PROBE_INTERVAL_SECONDS = 1.0
+
+# Set by a failed write, cleared by a successful one or a probe that answers (this process).
+_failing = False
 
 _client: Any = None
 _client_key: tuple[str, str] | None = None
@@ -119,10 +127,12 @@ def sync_due(limit: int = BATCH) -> int:
         StatusOutbox.objects.filter(pk__in=[r.pk for r in rows]).update(
             next_attempt_at=now + timedelta(seconds=LEASE_SECONDS)
         )
+    global _failing
     for row in rows:
         try:
             write_status(user_id=row.user_id, version=row.version, payload=row.payload)
         except Exception as exc:  # noqa: BLE001
+            _failing = True
             reset_client()
             attempts = row.attempts + 1
             delay = min(MAX_BACKOFF_SECONDS, 0.5 * (2 ** min(attempts, 10)))
@@ -136,6 +146,7 @@ def sync_due(limit: int = BATCH) -> int:
                 extra={"target_user": row.user_id, "attempts": attempts, "error": exc.__class__.__name__},
             )
             continue
+        _failing = False
         # Delete only what was sent: a newer state queued meanwhile stays for the next round.
         StatusOutbox.objects.filter(pk=row.pk, version=row.version).delete()
     _update_gauges()
@@ -151,10 +162,31 @@ def _update_gauges() -> None:
     metrics.FIRESTORE_LAG.set((timezone.now() - oldest).total_seconds() if oldest else 0.0)
 
 
+def probe_and_release() -> int:
+    """After failed writes: if Firestore answers a read now, make every row that waits out a
+    backoff due at once (returns how many; a row another instance holds leased may be sent
+    twice, which the versioned write makes harmless)."""
+    from .models import StatusOutbox
+
+    global _failing
+    _probe()
+    _failing = False
+    now = timezone.now()
+    released = StatusOutbox.objects.filter(attempts__gt=0, next_attempt_at__gt=now).update(next_attempt_at=now)
+    if released:
+        logger.info("Firestore answers again; sending the backed-off statuses", extra={"count": released})
+    return released
+
+
 async def run_sync_loop() -> None:
     """Drain the outbox forever (one per instance; rows are leased, so instances share)."""
+    probed_at = 0.0
     while True:
         try:
+            if enabled() and _failing and time.monotonic() - probed_at >= PROBE_INTERVAL_SECONDS:
+                probed_at = time.monotonic()
+                with contextlib.suppress(Exception):  # still down: the rows keep their backoff
+                    await db_call(probe_and_release)()
             attempted = await db_call(sync_due)() if enabled() else 0
         except asyncio.CancelledError:
             raise

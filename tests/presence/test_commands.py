@@ -208,6 +208,7 @@ def test_check_deploy_reports_settings_problems():
             ("check", "--deploy"),
         ),
         "good": (check_env(DJANGO_SECRET_KEY=secret, DJANGO_DEBUG="false"), ("check", "--deploy")),
+        "sweep": (check_env(CREDENTIAL_CHECK_SECONDS="2", CREDENTIAL_SWEEP_SECONDS="1"), ("check",)),
     }
     with ThreadPoolExecutor(len(runs)) as pool:
         results = dict(zip(runs, pool.map(lambda item: manage(item[0], *item[1]), runs.values()), strict=True))
@@ -227,3 +228,7 @@ def test_check_deploy_reports_settings_problems():
 
     assert results["good"].returncode == 0, out["good"]
     assert "chat.E" not in out["good"]
+
+    assert results["sweep"].returncode == 0, out["sweep"]  # a warning
+    assert "(chat.W002) CREDENTIAL_SWEEP_SECONDS is shorter than CREDENTIAL_CHECK_SECONDS" in out["sweep"]
+    assert "chat.W002" not in out["good"]

@@ -96,6 +96,35 @@ def test_coalesced_outbox_sends_only_the_latest_state(firestore_emulator, user):
     assert doc(user.pk)["version"] == 3
 
 
+def test_statuses_waiting_out_a_backoff_go_as_soon_as_firestore_answers_again(firestore_emulator, user):
+    """After failed writes a row may wait up to MAX_BACKOFF_SECONDS; the sync loop's probe sends
+    every such row as soon as Firestore answers a read, and leaves them waiting while it does not."""
+    went_online(user_id=user.pk)
+    status_set(user_id=user.pk, status="busy", text="back soon")
+    later = timezone.now() + timezone.timedelta(seconds=firestore.MAX_BACKOFF_SECONDS)
+    StatusOutbox.objects.update(attempts=6, next_attempt_at=later)
+    firestore_emulator.stop()
+    try:
+        with pytest.raises(Exception):  # noqa: B017, PT011 (whatever the client raises for a refused call)
+            firestore.probe_and_release()
+        assert StatusOutbox.objects.get().next_attempt_at == later
+    finally:
+        firestore_emulator.start()
+    deadline = time.monotonic() + 30
+    while True:  # the emulator answers reads a moment after its port opens
+        try:
+            assert firestore.probe_and_release() == 1
+            break
+        except Exception:
+            firestore.reset_client()
+            assert time.monotonic() < deadline, "the emulator did not answer"
+            time.sleep(0.5)
+    assert firestore.sync_due() == 1
+    assert not StatusOutbox.objects.exists()
+    sent = doc(user.pk)
+    assert (sent["version"], sent["status"], sent["text"]) == (2, "busy", "back soon")
+
+
 async def test_emulator_down_chat_keeps_working_then_status_catches_up(firestore_emulator, settings):
     alice, bob = await database_sync_to_async(lambda: [UserFactory(), UserFactory()])()
     conv = await database_sync_to_async(ConversationFactory)(owner=alice, members=[bob])
