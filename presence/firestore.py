@@ -147,6 +147,7 @@ def sync_due(limit: int = BATCH) -> int:
             )
             continue
         _failing = False
+        logger.debug("status sent to Firestore", extra={"target_user": row.user_id, "version": row.version})
         # Delete only what was sent: a newer state queued meanwhile stays for the next round.
         StatusOutbox.objects.filter(pk=row.pk, version=row.version).delete()
     _update_gauges()
