@@ -113,7 +113,9 @@ class RedisServer:
                 "--daemonize",
                 "no",
                 "--loglevel",
-                "warning",
+                "notice",
+                "--logfile",
+                os.path.join(self.dir, "redis.log"),
                 *self.args,
             ],
             stdout=subprocess.DEVNULL,
@@ -134,6 +136,15 @@ class RedisServer:
                 self.proc.wait(5)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of this server's log (replication, failover, errors), for a failure
+        message; empty once the server is stopped (its folder goes with it)."""
+        try:
+            with open(os.path.join(self.dir, "redis.log"), encoding="utf-8", errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
 
     def freeze(self) -> None:
         assert self.proc is not None

@@ -72,9 +72,12 @@ class SentinelTopology:
         self.nodes: dict[int, RedisServer] = {}
         self.sentinels: list[Sentinel] = []
 
+    # A replica's full sync starts at once (Redis 7 waits 5 s for more replicas by default).
+    NODE_ARGS = ["--repl-diskless-sync-delay", "0"]
+
     def start(self) -> SentinelTopology:
-        master = RedisServer().start()
-        replica = RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)]).start()
+        master = RedisServer(args=list(self.NODE_ARGS)).start()
+        replica = RedisServer(args=[*self.NODE_ARGS, "--replicaof", "127.0.0.1", str(master.port)]).start()
         self.nodes = {master.port: master, replica.port: replica}
         self._wait_replicated(replica.port, master.port)
         self.sentinels = [Sentinel(master.port, self.down_after_ms, self.failover_timeout_ms) for _ in range(3)]
@@ -108,7 +111,7 @@ class SentinelTopology:
     def _node_client(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True)
 
-    def _wait_replicated(self, replica_port: int, master_port: int, timeout: float = 15) -> None:
+    def _wait_replicated(self, replica_port: int, master_port: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -118,7 +121,28 @@ class SentinelTopology:
             except redis.RedisError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"replica {replica_port} did not sync from {master_port} within {timeout}s")
+        raise TimeoutError(
+            f"replica {replica_port} did not sync from {master_port} within {timeout}s\n{self.describe()}"
+        )
+
+    def describe(self) -> str:
+        """Each node's replication state, each Sentinel's master and every node's log tail, for a
+        failure message."""
+        out = []
+        for port, node in self.nodes.items():
+            try:
+                info = self._node_client(port).info("replication")
+                state = {k: info.get(k) for k in ("role", "master_port", "master_link_status", "connected_slaves")}
+            except redis.RedisError as exc:
+                state = {"error": repr(exc)}
+            out.append(f"node {port} (running: {node.proc is not None}): {state}\n{node.log_tail()}")
+        for sentinel in self.sentinels:
+            try:
+                named = sentinel.client().execute_command("SENTINEL", "get-master-addr-by-name", MASTER_NAME)
+            except redis.RedisError as exc:
+                named = repr(exc)
+            out.append(f"sentinel {sentinel.port}: master {named}")
+        return "\n".join(out)
 
     def wait_stable(self, master_port: int | None = None, timeout: float = 30) -> int:
         """Wait until every Sentinel names the same master (``master_port`` when given), that
@@ -177,7 +201,7 @@ class SentinelTopology:
         """Kill the master and start it again at once, empty, before the Sentinels' down-after:
         no failover happens, and the replica resyncs to the empty data set."""
         node = self.master()
-        node.args = []
+        node.args = list(self.NODE_ARGS)
         node.stop(signal.SIGKILL)
         node.start()
         return node
@@ -186,9 +210,10 @@ class SentinelTopology:
         """Bring a killed node back (empty) as a replica of the current master, as an operator
         or an orchestrator would; the Sentinels then list it again."""
         master_port = self.master_port()
-        node.args = ["--replicaof", "127.0.0.1", str(master_port)]
+        node.args = [*self.NODE_ARGS, "--replicaof", "127.0.0.1", str(master_port)]
         node.start()
-        self._wait_replicated(node.port, master_port)
+        # The Sentinels may still move the master (a vote under way): wait on their view.
+        self.wait_stable(None, 30)
 
     def stop(self) -> None:
         for sentinel in self.sentinels:
