@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+
 from django.urls import path
 from django.urls.exceptions import Resolver404
+
+from realtime.protocol import CloseCode
 
 from .auth import OptionalOriginValidator, WebSocketAuthMiddleware
 from .consumers import ChatConsumer
@@ -33,19 +37,20 @@ class WebSocketEntry:
         if not await self.auth.check(scope, receive, send):
             return
         app = self.route(scope)
+        if app is None:
+            await not_found(scope, receive, send)
+            return
         consumer = app.consumer_class(**app.consumer_initkwargs)
         await consumer(scope, receive, send)
 
     def route(self, scope: dict[str, Any]) -> Any:
         """The consumer app of the first route matching the scope's path, as ``URLRouter``
-        matches it (below ``root_path``, without the leading slash); its arguments go into the
-        scope in place."""
-        full = scope.get("path")
-        if full is None:
-            raise ValueError("No 'path' key in connection scope, cannot route URLs")
+        matches it (below ``root_path``, without the leading slash), or None; its arguments go
+        into the scope in place."""
+        full = scope.get("path") or ""
         root_path = scope.get("root_path", "")
         if root_path and not full.startswith(root_path):
-            raise ValueError(f"No route found for path {full!r}.")
+            return None
         remaining = full[len(root_path) :].lstrip("/")
         for route in self.routes:
             try:
@@ -58,4 +63,20 @@ class WebSocketEntry:
                 if args or kwargs:
                     scope["url_route"] = {"args": args, "kwargs": kwargs}
                 return route.callback
-        raise ValueError(f"No route found for path {full!r}.")
+        return None
+
+
+async def not_found(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A handshake on a path with no socket: HTTP 404 with the contract's error body where the
+    server can answer a handshake with a response (uvicorn), else a close before accepting it
+    (daphne answers 403). Never a 500."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = json.dumps({"status": 404, "code": "not_found", "detail": "No socket at this path."}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "websocket.http.response.start", "status": 404, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "websocket.close", "code": int(CloseCode.POLICY)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 
 import pytest
 from channels.db import database_sync_to_async
@@ -35,7 +36,21 @@ async def test_the_consumer_keeps_the_servers_own_scope():
         await communicator.disconnect()
 
 
-async def test_an_unknown_path_is_not_routed(db):
-    communicator = WebsocketCommunicator(application, "/ws/elsewhere/")
-    with pytest.raises(ValueError, match="No route found"):
-        await communicator.connect(timeout=5)
+async def test_an_unknown_path_is_refused_before_it_is_accepted():
+    alice = await database_sync_to_async(UserFactory)()
+    headers = [(b"authorization", f"Token {await token_for(alice)}".encode())]
+    communicator = WebsocketCommunicator(application, "/ws/elsewhere/", headers=headers)
+    connected, code = await communicator.connect(timeout=5)
+    assert (connected, code) == (False, 1008)
+
+
+async def test_an_unknown_path_gets_a_404_where_the_server_can_answer_a_handshake():
+    alice = await database_sync_to_async(UserFactory)()
+    headers = [(b"authorization", f"Token {await token_for(alice)}".encode())]
+    communicator = WebsocketCommunicator(application, "/ws/elsewhere/", headers=headers)
+    communicator.scope["extensions"] = {"websocket.http.response": {}}
+    await communicator.send_input({"type": "websocket.connect"})
+    start = await communicator.receive_output(timeout=5)
+    body = await communicator.receive_output(timeout=5)
+    assert start["type"] == "websocket.http.response.start" and start["status"] == 404
+    assert json.loads(body["body"])["code"] == "not_found"

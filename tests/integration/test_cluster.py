@@ -145,6 +145,21 @@ async def test_foreign_origin_gets_http_403_and_missing_origin_needs_credentials
         assert await anonymous.closed_code(5) == 4401
 
 
+async def test_a_handshake_on_a_path_with_no_socket_is_refused_never_a_500(cluster, people):
+    """uvicorn answers 404 with the contract's body; daphne, which cannot answer a handshake with
+    a response, closes it before accepting (its HTTP 403)."""
+    for name, want in (("a", 403), ("b", 404)):
+        url = cluster.servers[name].ws_url.replace("/ws/chat/", "/ws/elsewhere/")
+        with pytest.raises(InvalidStatus) as info:
+            await open_ws(url, people["alice"])
+        assert info.value.response.status_code == want, name
+        if want == 404:
+            assert json.loads(info.value.response.body)["code"] == "not_found"
+        # The instance is unharmed: the real path still works.
+        ws = await open_ws(cluster.servers[name].ws_url, people["alice"])
+        await ws.close()
+
+
 @pytest.mark.parametrize("instance", ["a", "b"])
 async def test_frame_over_limit_closes_1009(cluster, people, instance):
     ws = await open_ws(cluster.servers[instance].ws_url, people["alice"])
