@@ -151,35 +151,35 @@ async def _resume(consumer: ChatConsumer, data: dict[str, Any]) -> dict[str, Any
         parsed[str(selectors.parse_conversation_id(cid))] = seq
     session = consumer.session
     assert session is not None
-    per_conversation = settings.RESUME_MAX_PER_CONVERSATION
     # One frame must not buy unbounded output (a thousand cursors from 0): past the total,
     # conversations with missed messages get resume.truncated and the client pages over HTTP.
-    left = settings.RESUME_MAX_TOTAL_MESSAGES
-    resumed: dict[str, int] = {}
     for cid in parsed:
-        # Held from before the queries (and since connect): a live message arriving meanwhile
-        # waits for the rows.
+        # Held from before the query (and since connect): a live message arriving meanwhile
+        # waits for the rows. Whatever happens next, the answer to this frame releases them.
         session.take_over_held(cid)
-    for cid, after in parsed.items():
-        limit = min(per_conversation, left)
+    # Participation is checked now, at the time of the action.
+    batches = await db_call(selectors.resume_messages)(
+        user_id=consumer.user_id,
+        cursors=parsed,
+        per_conversation=settings.RESUME_MAX_PER_CONVERSATION,
+        total=settings.RESUME_MAX_TOTAL_MESSAGES,
+    )
+    resumed: dict[str, int] = {}
+    for cid, rows, truncated in batches:
+        after = parsed[cid]
+        last = after
         try:
-            # Participation is checked now, at the time of the action.
-            rows = await db_call(selectors.resume_messages)(
-                user_id=consumer.user_id, conversation_id=cid, after_seq=after, limit=limit + 1
-            )
-            last = after
-            for row in rows[:limit]:
+            for row in rows:
                 await session.drain_below(session.queue_limit // 2)
                 session.push(encode({"type": "message.new", "message": presenters.message(row)}), "message.new")
                 last = row.seq
-            left -= min(len(rows), limit)
-            if len(rows) > limit:
+            if truncated:
                 session.reply({"type": "resume.truncated", "conversation_id": cid, "next_seq": last + 1})
             session.sent_seq[cid] = max(session.sent_seq.get(cid, 0), last)
         finally:
             held = session.resuming.pop(cid, [])
         # Live messages that arrived meanwhile, unless truncated (the client pages over HTTP).
-        if len(rows) <= limit:
+        if not truncated:
             for seq, text in sorted(held):
                 session.push_sequenced(cid, seq, text)
         resumed[cid] = session.sent_seq.get(cid, after)

@@ -168,14 +168,33 @@ def messages_after(*, conversation_id: uuid.UUID | str, after_seq: int, limit: i
     return list(Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).order_by("seq")[:limit])
 
 
-def resume_messages(*, user_id: int, conversation_id: object, after_seq: int, limit: int) -> list[Message]:
-    """Participation checked now (404 or 403 as ``conversation_for``), then the messages after
-    ``after_seq`` in seq order: one database call for each conversation of a resume."""
-    cid = parse_conversation_id(conversation_id)
-    if not active_participant(conversation_id=cid, user_id=user_id):
-        conversation_for(user_id=user_id, conversation_id=cid)  # raises the precise error
-        raise NotParticipant()
-    return messages_after(conversation_id=cid, after_seq=after_seq, limit=limit)
+def resume_messages(
+    *, user_id: int, cursors: dict[str, int], per_conversation: int, total: int
+) -> list[tuple[str, list[Message], bool]]:
+    """A resume's rows in one database call: participation in every conversation checked now,
+    in one query that also reads each conversation's latest seq (the first conversation that
+    fails raises 404 or 403 as ``conversation_for``); then, only for conversations with messages
+    after their cursor, those messages in seq order, at most ``per_conversation`` each and
+    ``total`` in all. Returns ``[(conversation id, rows, truncated)]`` in the cursors' order; a
+    client that is up to date costs one query whatever the number of its conversations."""
+    latest = {
+        str(cid): last
+        for cid, last in Participant.objects.filter(
+            conversation_id__in=list(cursors), user_id=user_id, user__is_active=True
+        ).values_list("conversation_id", "conversation__last_seq")
+    }
+    for cid in cursors:
+        if cid not in latest:
+            conversation_for(user_id=user_id, conversation_id=cid)  # raises the precise error
+            raise NotParticipant()
+    out: list[tuple[str, list[Message], bool]] = []
+    left = total
+    for cid, after in cursors.items():
+        limit = min(per_conversation, left)
+        rows = messages_after(conversation_id=cid, after_seq=after, limit=limit + 1) if latest[cid] > after else []
+        left -= min(len(rows), limit)
+        out.append((cid, rows[:limit], len(rows) > limit))
+    return out
 
 
 def read_receipts(*, user_id: int, conversation_id: object) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from core.runtime import runtime
 
 from .admission import connect_slots
 from .protocol import REQUEST_ID_MAX_CHARS, CloseCode, Hello
-from .registry import Connection, get_registry
+from .registry import Connection, get_registry, on_back_online
 from .router import router
 from .session import Send, Session
 
@@ -456,3 +456,14 @@ async def on_ping(consumer: RealtimeConsumer, data: dict[str, Any]) -> None:
         frame["id"] = data["id"]
     consumer.reply(frame)
     return None
+
+
+@on_back_online
+async def _first_connection_hooks_again(user_ids: list[int]) -> None:
+    """Users whose local sockets a heartbeat wrote back into the registry while Redis no longer
+    had them online: the first-connection hooks run again (presence turns them online if the
+    grace ended meanwhile; for a user still online they change nothing)."""
+    for user_id in user_ids:
+        topics = sorted({topic for session in router.by_user.get(user_id, ()) for topic in session.topics})
+        for hook in RealtimeConsumer.first_connection_hooks:
+            await hook(user_id, topics)

@@ -304,8 +304,14 @@ class RedisRegistry:
         if present or first:
             # On the first beat every local connection was just added one by one.
             return False
+        back_online: list[int] = []
         for conn in local:
-            await self.add(conn)
+            if await self.add(conn):
+                back_online.append(conn.user_id)
+        if back_online:
+            # Not online in Redis any more (reaped after a stall, or Redis restarted empty): the
+            # grace may have ended meanwhile and taken them offline while their sockets stayed.
+            await _notify_back_online(sorted(set(back_online)))
         return True
 
     async def _remove_instance(self, instance_id: str) -> list[tuple[str, int]]:
@@ -481,6 +487,27 @@ def blocking(read: Callable[[Registry], Awaitable[T]]) -> T:
                 await redis_client.close_async()
 
     return asyncio.run(run())
+
+
+BackOnline = Callable[[list[int]], Awaitable[None]]
+_back_online: list[BackOnline] = []
+
+
+def on_back_online(listener: BackOnline) -> BackOnline:
+    """Call ``listener`` with the users a heartbeat's write-back found not online in Redis: they
+    are online again, as after a first connection (realtime.consumer runs its hooks)."""
+    if listener not in _back_online:
+        _back_online.append(listener)
+    return listener
+
+
+async def _notify_back_online(user_ids: list[int]) -> None:
+    logger.warning("users written back online", extra={"count": len(user_ids)})
+    for listener in list(_back_online):
+        try:
+            await listener(user_ids)
+        except Exception as exc:  # noqa: BLE001  # the write-back itself is done; the next one retries nothing
+            logger.warning("back-online listener failed", extra={"error": exc.__class__.__name__})
 
 
 def reset_registry() -> None:

@@ -488,12 +488,12 @@ class Run:
         back = time.monotonic()
         result.details["outage_s"] = round(back - self._outage_at, 1)
         users = [c.user_id for c in self.clients]
-        behind: dict[int, tuple[int, int | None]] = {}
+        behind: dict[int, tuple[int, str, int | None]] = {}
         while time.monotonic() - back < STATUS_CATCH_UP_TIMEOUT_SECONDS:
             want = await asyncio.to_thread(self.stack.public_versions, users)
             docs = await asyncio.to_thread(_firestore_docs, emulator.host, emulator.project)
             have = {u: docs.get(u, {}).get("version") for u in want}
-            behind = {u: (v, have[u]) for u, (v, _, _) in want.items() if have[u] != v}
+            behind = {u: (v, st, have[u]) for u, (v, st, _) in want.items() if have[u] != v}
             if not behind:
                 shown = {u: (d["status"], d["text"]) for u, d in docs.items()}
                 wrong = {u: shown[u] for u, (_, st, tx) in want.items() if shown[u] != (st, tx)}
@@ -504,9 +504,11 @@ class Run:
         took = time.monotonic() - back
         result.details.update(statuses=len(users), statuses_behind=len(behind), caught_up_after_s=round(took, 2))
         if behind:
+            queued = await asyncio.to_thread(self.stack.outbox, list(behind))
             result.violations.append(
                 f"{len(behind)} statuses not in Firestore {STATUS_CATCH_UP_TIMEOUT_SECONDS}s after it came back:"
-                f" {list(behind.items())[:5]}"
+                f" {list(behind.items())[:5]}; their outbox rows (version, attempts, error, due in s):"
+                f" {list(queued.items())[:5]}, {len(behind) - len(queued)} of them not queued"
             )
         else:
             result.notes.append(f"{len(users)} statuses in Firestore {took:.1f}s after it was back")

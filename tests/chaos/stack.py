@@ -204,6 +204,17 @@ class ChaosStack:
             out[user_id] = (version, "offline" if hidden else status, "" if hidden else text)
         return out
 
+    def outbox(self, user_ids: list[int]) -> dict[int, tuple[int, int, str, float]]:
+        """Per user still queued for Firestore: (version, attempts, last error, seconds until
+        its next attempt), for a failure message."""
+        with self.db() as conn:
+            rows = conn.execute(
+                "SELECT user_id, version, attempts, last_error, EXTRACT(EPOCH FROM next_attempt_at - now())"
+                " FROM presence_statusoutbox WHERE user_id = ANY(%s)",
+                (user_ids,),
+            ).fetchall()
+        return {uid: (version, attempts, error, round(float(due), 1)) for uid, version, attempts, error, due in rows}
+
     def stop(self) -> None:
         stop_all(list(self.servers.values()))
         if self.nginx is not None:

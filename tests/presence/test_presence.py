@@ -197,3 +197,33 @@ async def test_nothing_is_queued_for_firestore_when_it_is_off(trio, settings):
     assert await database_sync_to_async(StatusOutbox.objects.count)() == 0
     for client in (a, b):
         await client.close()
+
+
+async def test_a_user_taken_offline_while_its_instance_was_reaped_is_online_again_when_written_back(trio):
+    """An instance stalled past its TTL (a Redis failover) is reaped by the others while its
+    sockets stay open; the grace ends and its users go offline. Its next heartbeat writes the
+    sockets back, and the users must be online again, in the database and for their contacts."""
+    from core import redis_client
+    from realtime.registry import get_registry, instance_conns_key, instance_key
+
+    alice, bob, _ = trio
+    b = await connect(bob)
+    a = await connect(alice)
+    assert (await of(b, alice.pk))["online"] is True
+    registry = get_registry()
+    # What a reaper does to the connections (the instance's entry stays, so this instance's own
+    # heartbeat loop does not write them back yet).
+    for conn in list(registry.local.values()):
+        await registry._remove_in_user_slot(conn.connection_id, conn.user_id)
+    await redis_client.get_async().delete(instance_conns_key(registry.instance_id))
+    offline = await of(b, alice.pk, timeout=5)
+    assert offline["online"] is False
+    # The rest of the reaping; the next heartbeat finds its entry gone and writes back.
+    await redis_client.get_async().delete(instance_key(registry.instance_id))
+    assert await registry.heartbeat() is True
+    back = await of(b, alice.pk, timeout=5)
+    assert back["online"] is True and back["version"] > offline["version"]
+    row = await database_sync_to_async(UserStatus.objects.get)(user_id=alice.pk)
+    assert row.online
+    await a.close()
+    await b.close()
