@@ -8,9 +8,8 @@ is open (channels' nested middleware and ``URLRouter`` keep all of them per sock
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
+from typing import Any
 
 from django.urls import path
 from django.urls.exceptions import Resolver404

@@ -46,6 +46,8 @@ RUN_BOUND_SECONDS = 480.0
 FIRESTORE_OUTAGE_SECONDS = 10.0
 STATUS_CATCH_UP_TIMEOUT_SECONDS = 45.0
 HEALTH_TIMEOUT_SECONDS = 15.0
+# A user reaped while connected is written back by its instance's next heartbeat.
+PRESENCE_TIMEOUT_SECONDS = 15.0
 
 CUT_FAULT = "one instance cut off from Redis only (nftables)"
 FIRESTORE_FAULT = f"Firestore emulator stopped {FIRESTORE_OUTAGE_SECONDS:.0f} s"
@@ -190,8 +192,27 @@ class Run:
                 ]
                 result.violations.append(f"deliveries behind the store: {behind[:10]}")
             self._check(result, stored)
+            await self._check_presence(result)
         finally:
             self.sending.set()
+
+    async def _check_presence(self, result: FaultResult) -> None:
+        """Every user whose client is connected is online in the database (what contacts and
+        Firestore are shown), once the registry's heartbeat and the online batch caught up."""
+        deadline = time.monotonic() + PRESENCE_TIMEOUT_SECONDS
+        while True:
+            users = sorted({c.user_id for c in self.clients if c.connected})
+            online = await asyncio.to_thread(self.stack.online_users, users)
+            offline = [u for u in users if u not in online]
+            if not offline:
+                return
+            if time.monotonic() >= deadline:
+                result.violations.append(
+                    f"{len(offline)} users connected but offline {PRESENCE_TIMEOUT_SECONDS:.0f}s after the fault"
+                    f" settled: {offline[:10]}"
+                )
+                return
+            await asyncio.sleep(0.5)
 
     def _check(self, result: FaultResult, stored: dict[str, list[tuple[int, str, int, str | None]]]) -> None:
         by_id: dict[str, tuple[str, int]] = {}

@@ -204,6 +204,14 @@ class ChaosStack:
             out[user_id] = (version, "offline" if hidden else status, "" if hidden else text)
         return out
 
+    def online_users(self, user_ids: list[int]) -> set[int]:
+        """Those of ``user_ids`` the database holds online."""
+        with self.db() as conn:
+            rows = conn.execute(
+                "SELECT user_id FROM presence_userstatus WHERE online AND user_id = ANY(%s)", (user_ids,)
+            ).fetchall()
+        return {uid for (uid,) in rows}
+
     def outbox(self, user_ids: list[int]) -> dict[int, tuple[int, int, str, float]]:
         """Per user still queued for Firestore: (version, attempts, last error, seconds until
         its next attempt), for a failure message."""
