@@ -413,3 +413,33 @@ def test_single_mode_ticket_expires(owner, settings, monkeypatch):
     later = timezone.now() + timedelta(seconds=settings.WS_TICKET_TTL_SECONDS + 1)
     monkeypatch.setattr(services.timezone, "now", lambda: later)
     assert services.ws_ticket_consume(ticket=ticket) is None
+
+
+@pytest.mark.django_db
+def test_a_resume_costs_one_query_when_up_to_date_and_one_more_per_conversation_behind(
+    high_rate_limit, django_assert_num_queries
+):
+    from chat import selectors
+    from core.errors import NotParticipant
+    from tests.factories import ConversationFactory, UserFactory
+
+    alice, bob, eve = UserFactory(), UserFactory(), UserFactory()
+    convs = [ConversationFactory(owner=alice, members=[bob]) for _ in range(5)]
+    for i, conv in enumerate(convs):
+        for n in range(i):
+            services.message_send(sender_id=alice.pk, conversation_id=conv.id, body=f"m{n}")
+    latest = {str(conv.id): i for i, conv in enumerate(convs)}
+    with django_assert_num_queries(1):
+        batches = selectors.resume_messages(user_id=bob.pk, cursors=latest, per_conversation=100, total=1000)
+    assert [(cid, rows, truncated) for cid, rows, truncated in batches] == [(cid, [], False) for cid in latest]
+    # Conversations 3 and 4 are behind (by 1 and by 4): one more query each.
+    cursors = {**latest, str(convs[3].id): 2, str(convs[4].id): 0}
+    with django_assert_num_queries(3):
+        batches = selectors.resume_messages(user_id=bob.pk, cursors=cursors, per_conversation=3, total=1000)
+    got = {cid: ([m.seq for m in rows], truncated) for cid, rows, truncated in batches}
+    assert got[str(convs[3].id)] == ([3], False)
+    assert got[str(convs[4].id)] == ([1, 2, 3], True)
+    assert got[str(convs[2].id)] == ([], False)
+    # Participation is checked for every conversation before anything is read.
+    with pytest.raises(NotParticipant):
+        selectors.resume_messages(user_id=eve.pk, cursors=cursors, per_conversation=3, total=1000)
