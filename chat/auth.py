@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import import_module
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
@@ -17,13 +18,13 @@ from channels.auth import get_user
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.db.models import F
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
 from core.db import db_call
 from core.errors import dependency_fault
+from core.prepared import Prepared
 from realtime.admission import refuse
 from realtime.protocol import CloseCode
 
@@ -136,23 +137,40 @@ def _header(scope: dict[str, Any], name: bytes) -> str:
     return ""
 
 
+@functools.cache
+def _token_user_query() -> Prepared:
+    """The token's user, in one join and only the fields a socket uses (the user object lives as
+    long as the socket), with the token's creation time; prepared once (core/prepared.py)."""
+    from django.contrib.auth import get_user_model
+
+    user_model = get_user_model()
+    fields = ("pk", user_model.USERNAME_FIELD, "is_active", "password", "auth_token__created")
+    return Prepared(lambda key: user_model.objects.filter(auth_token__key=key).values_list(*fields), key=_KEY_MARKER)
+
+
+_KEY_MARKER = "token key of a prepared query"
+
+
 def _user_for_token(key: str) -> Any:
     from django.contrib.auth import get_user_model
 
-    # One join, and only the fields the socket uses (the user object lives as long as the
-    # socket): cheaper to build than select_related, and a smaller object per connection.
     # The password hash is read for the revocation check (chat/revocation.py); an expired
     # token finds nobody (4401).
     from .authentication import token_cutoff
 
     user_model = get_user_model()
-    fields = ("pk", user_model.USERNAME_FIELD, "is_active", "password")
-    qs = user_model.objects.filter(auth_token__key=key)
+    rows = _token_user_query().rows(using=user_model.objects.db, key=key)
+    if not rows:
+        return None
+    pk, username, active, password, created = rows[0]
     cutoff = token_cutoff()
-    if cutoff is not None:
-        qs = qs.filter(auth_token__created__gte=cutoff)
+    if cutoff is not None and created < cutoff:
+        return None
+    loaded = {user_model._meta.pk.attname: pk, user_model.USERNAME_FIELD: username, "is_active": active}
+    user = authcache.partial_user({**loaded, "password": password}, user_model.objects.db)
     # The token's age goes into the auth cache (chat/authcache.py), which expires it the same way.
-    return qs.only(*fields).annotate(token_created=F("auth_token__created")).first()
+    user.token_created = created
+    return user
 
 
 def _user_for_ticket(ticket: str) -> Any:

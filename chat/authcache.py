@@ -33,12 +33,20 @@ def _tag(token_key: str) -> str:
     return "t:" + hashlib.sha256(token_key.encode()).hexdigest()[:32]
 
 
-def _user_from(entry: dict[str, Any]) -> Any:
-    """The user as the database lookup loads it (``only`` the three fields, the others deferred):
-    the object lives as long as the socket, and a fully built one carries every field."""
+def partial_user(loaded: dict[str, Any], db: str | None = None) -> Any:
+    """A user with only the ``loaded`` fields (by attname), the others deferred: the object lives
+    as long as the socket, and a fully built one carries every field."""
     user_model = get_user_model()
-    fields = [user_model._meta.pk.attname, user_model.USERNAME_FIELD, "is_active"]
-    user = user_model.from_db(None, fields, (entry["id"], entry["name"], entry["active"]))
+    # from_db takes the values in the model's field order.
+    names = [f.attname for f in user_model._meta.concrete_fields if f.attname in loaded]
+    return user_model.from_db(db, names, [loaded[name] for name in names])
+
+
+def _user_from(entry: dict[str, Any]) -> Any:
+    """The user as the database lookup loads it (id, username and is_active)."""
+    user_model = get_user_model()
+    loaded = {user_model._meta.pk.attname: entry["id"], user_model.USERNAME_FIELD: entry["name"]}
+    user = partial_user({**loaded, "is_active": entry["active"]})
     # What the revocation check compares (a keyed digest, never the password hash itself).
     setattr(user, "password_mark", entry["mark"])  # noqa: B010 (not a field of the model)
     return user

@@ -192,7 +192,7 @@ class WaitingConnectionPool(aioredis.BlockingConnectionPool):
         if self._waiting or not self.can_get_connection():
             self._waiting += 1
             try:
-                return await super().get_connection()
+                return await super().get_connection()  # type: ignore[no-untyped-call]
             finally:
                 self._waiting -= 1
         return await aioredis.ConnectionPool.get_connection(self)
