@@ -227,3 +227,35 @@ async def test_a_user_taken_offline_while_its_instance_was_reaped_is_online_agai
     assert row.online
     await a.close()
     await b.close()
+
+
+def test_a_batch_of_users_coming_online_matches_one_at_a_time(transactional_db, settings):
+    """went_online_many against went_online, user by user: visible, invisible, already online
+    and never seen before, in one batch."""
+    from presence import services
+
+    settings.FIRESTORE_PROJECT_ID = ""
+    pairs = {kind: (UserFactory(), UserFactory()) for kind in ("visible", "invisible", "online", "new")}
+    for kind, users in pairs.items():
+        if kind == "new":
+            continue
+        for user in users:
+            UserStatus.objects.update_or_create(
+                user_id=user.pk,
+                defaults={
+                    "status": "invisible" if kind == "invisible" else "away",
+                    "online": kind == "online",
+                    "version": 4,
+                    "public_version": 2,
+                },
+            )
+    batch = {users[0].pk: [] for users in pairs.values()}
+    assert services.went_online_many(users=batch) == 3  # all but the one already online
+    for users in pairs.values():
+        services.went_online(user_id=users[1].pk, conversation_ids=[])
+    fields = ("status", "online", "version", "public_version")
+    for kind, (batched, single) in pairs.items():
+        got, want = UserStatus.objects.get(pk=batched.pk), UserStatus.objects.get(pk=single.pk)
+        assert [getattr(got, f) for f in fields] == [getattr(want, f) for f in fields], kind
+        assert (got.public_last_seen is None) == (want.public_last_seen is None), kind
+        assert got.online
