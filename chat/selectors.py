@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -171,9 +172,40 @@ def messages_page(
     return list(reversed(rows[:size])), has_more
 
 
+# Markers of the prepared queries below (core/prepared.py): values no real query of theirs holds.
+_ID_MARKER = 982_451_653
+_UUID_MARKER = uuid.UUID("00000000-0000-4000-8000-00000000e1f0")
+
+
+@functools.lru_cache(maxsize=8)
+def _messages_after_query(limit: int) -> Prepared:
+    fields = [f.attname for f in Message._meta.concrete_fields]  # from_db takes them in this order
+    return Prepared(
+        lambda cid, after: (
+            Message.objects.filter(conversation_id=cid, seq__gt=after).order_by("seq").values_list(*fields)[:limit]
+        ),
+        cid=_UUID_MARKER,
+        after=_ID_MARKER,
+    )
+
+
 def messages_after(*, conversation_id: uuid.UUID | str, after_seq: int, limit: int) -> list[Message]:
-    """For resume: no participation check here, the caller has done it."""
-    return list(Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).order_by("seq")[:limit])
+    """For resume and the router's gap fills: no participation check here, the caller has done
+    it. Prepared once per limit (a resume's limit is nearly always the same)."""
+    cid = conversation_id if isinstance(conversation_id, uuid.UUID) else uuid.UUID(str(conversation_id))
+    names = [f.attname for f in Message._meta.concrete_fields]
+    db = Message.objects.db
+    rows = _messages_after_query(int(limit)).rows(using=db, cid=cid, after=int(after_seq))
+    return [Message.from_db(db, names, row) for row in rows]
+
+
+_ONE_PARTICIPATION = Prepared(
+    lambda cid, user_id: Participant.objects.filter(
+        conversation_id=cid, user_id=user_id, user__is_active=True
+    ).values_list("conversation_id", "conversation__last_seq"),
+    cid=_UUID_MARKER,
+    user_id=_ID_MARKER,
+)
 
 
 def resume_messages(
@@ -185,12 +217,16 @@ def resume_messages(
     after their cursor, those messages in seq order, at most ``per_conversation`` each and
     ``total`` in all. Returns ``[(conversation id, rows, truncated)]`` in the cursors' order; a
     client that is up to date costs one query whatever the number of its conversations."""
-    latest = {
-        str(cid): last
-        for cid, last in Participant.objects.filter(
-            conversation_id__in=list(cursors), user_id=user_id, user__is_active=True
-        ).values_list("conversation_id", "conversation__last_seq")
-    }
+    if len(cursors) == 1:  # a reconnecting client's usual resume: a prepared query
+        (only,) = cursors
+        found = _ONE_PARTICIPATION.rows(using=Participant.objects.db, cid=uuid.UUID(only), user_id=int(user_id))
+    else:
+        found = list(
+            Participant.objects.filter(
+                conversation_id__in=list(cursors), user_id=user_id, user__is_active=True
+            ).values_list("conversation_id", "conversation__last_seq")
+        )
+    latest = {str(cid): last for cid, last in found}
     for cid in cursors:
         if cid not in latest:
             conversation_for(user_id=user_id, conversation_id=cid)  # raises the precise error
