@@ -37,9 +37,27 @@ def main() -> None:
     repeat = services.message_send(
         sender_id=senders[0].pk, conversation_id=conversation.id, body="x", client_msg_id="c0"
     )
+    # The connect and resume queries prepared once (core/prepared.py) on SQLite as well.
+    from rest_framework.authtoken.models import Token
+
+    from chat import selectors
+    from chat.auth import _user_for_token
+
+    reader = senders[1]
+    token = Token.objects.create(user=reader)
+    user = _user_for_token(token.key)
+    [(_, resumed, _)] = selectors.resume_messages(
+        user_id=reader.pk, cursors={str(conversation.id): 38}, per_conversation=100, total=100
+    )
+    prepared = {
+        "token_user": [user.pk, user.username, user.is_active] == [reader.pk, reader.username, True],
+        "conversation_seqs": selectors.conversation_seqs(user_id=reader.pk) == {str(conversation.id): count + 0},
+        "resumed": [m.seq for m in resumed],
+    }
     print(
         json.dumps(
             {
+                "prepared": prepared,
                 "vendor": connection.vendor,
                 "errors": errors,
                 "seqs": list(

@@ -28,6 +28,7 @@ def test_concurrent_sends_on_sqlite_get_gap_free_unique_seqs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["vendor"] == "sqlite"
+    assert out["prepared"] == {"token_user": True, "conversation_seqs": True, "resumed": [39, 40]}
     assert out["errors"] == []
     assert out["seqs"] == list(range(1, 41)) and out["last_seq"] == 40
     assert out["repeat"] is True
