@@ -17,7 +17,7 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from chat.routing import WebSocketEntry, websocket_urlpatterns  # noqa: E402
 from core.daphne_compat import patch_daphne  # noqa: E402
 from core.runtime import LifespanApp, RuntimeStarter  # noqa: E402
-from core.startup import log_startup  # noqa: E402
+from core.startup import log_startup, tune_gc  # noqa: E402
 from realtime.admission import AdmissionGate  # noqa: E402
 
 patch_daphne()
@@ -33,3 +33,4 @@ application = ProtocolTypeRouter(
         "lifespan": LifespanApp(),
     }
 )
+tune_gc()

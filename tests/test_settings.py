@@ -156,3 +156,29 @@ def test_settings_select_the_sharded_layer_and_refuse_conflicts(monkeypatch):
     monkeypatch.delenv("REDIS_DB")
     with pytest.raises(SystemExit, match="REDIS_CLUSTER"):
         _load_settings(monkeypatch, REDIS_CLUSTER="maybe")
+
+
+@pytest.mark.parametrize("value", ["fast", "1,2", "0,10,10", "700,10,ten"])
+def test_bad_gc_thresholds_stop_start_up_naming_them(tmp_path, value):
+    result = manage_check(tmp_path, GC_THRESHOLDS=value)
+    assert result.returncode != 0
+    assert "GC_THRESHOLDS" in one_line(result.stderr)
+
+
+def test_start_up_sets_the_collectors_thresholds_and_freezes_what_it_made(settings):
+    import gc
+
+    from core.startup import tune_gc
+
+    before = gc.get_threshold()
+    settings.GC_THRESHOLDS, settings.GC_FREEZE_AT_START = (40000, 15, 90), True
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (40000, 15, 90)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    settings.GC_THRESHOLDS, settings.GC_FREEZE_AT_START = None, False
+    tune_gc()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

@@ -23,6 +23,7 @@ from .env import (
     env_int,
     env_list,
     env_str,
+    parse_gc_thresholds,
     parse_hostports,
     parse_rate,
     port_open,
@@ -245,6 +246,11 @@ INSTANCE_TTL_SECONDS = env_float("INSTANCE_TTL_SECONDS", 15.0, minimum=1.0)
 # The heartbeat is renewed several times per TTL, so one late renewal does not kill an instance.
 INSTANCE_HEARTBEAT_SECONDS = env_float("INSTANCE_HEARTBEAT_SECONDS", INSTANCE_TTL_SECONDS / 3, minimum=0.1)
 WS_HEARTBEAT_INTERVAL_SECONDS = env_int("WS_HEARTBEAT_INTERVAL_SECONDS", 25, minimum=1)
+# The cyclic garbage collector (core/startup.py): its three thresholds, and whether the objects
+# made at start-up are frozen out of its scans. Python's defaults (700,10,10) had an instance
+# holding thousands of sockets spend much of a reconnect storm in full collections.
+GC_THRESHOLDS = parse_gc_thresholds("GC_THRESHOLDS", env_str("GC_THRESHOLDS", "50000,20,100"))
+GC_FREEZE_AT_START = env_bool("GC_FREEZE_AT_START", True)
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 65536, minimum=1024)
 # Outgoing frames, and bytes (0: no byte bound), queued for one socket before it is closed with
 # 4008: what one client that does not read may cost this process.

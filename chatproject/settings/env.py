@@ -64,6 +64,19 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def parse_gc_thresholds(name: str, raw: str) -> tuple[int, int, int] | None:
+    """``"50000,20,100"`` -> the garbage collector's three thresholds; empty -> None (Python's)."""
+    if not raw.strip():
+        return None
+    try:
+        values = [int(part) for part in raw.split(",")]
+    except ValueError:
+        raise ConfigError(name, f"expected three whole numbers like '50000,20,100', got {raw!r}") from None
+    if len(values) != 3 or min(values) < 1:
+        raise ConfigError(name, f"expected three positive whole numbers, got {raw!r}")
+    return values[0], values[1], values[2]
+
+
 def parse_rate(name: str, raw: str) -> tuple[float, int]:
     """Parse ``"10/s burst 30"`` (also ``/m``) into (tokens per second, burst)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*([sm])\s*(?:burst\s+(\d+))?\s*", raw)
