@@ -78,7 +78,7 @@ async def user_for_token(token_key: str, load: Callable[[str], Awaitable[Any]]) 
     """The user of ``token_key`` (None when no such token), from the cache or ``load``. Runs in
     one of the instance's connect slots (realtime.admission): a storm of handshakes would
     otherwise ask Redis all at once, beyond its connection pool."""
-    async with connect_slots.get():
+    async with connect_slots.slot():
         return await _user_for_token(token_key, load)
 
 

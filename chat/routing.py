@@ -14,6 +14,7 @@ from typing import Any
 from django.urls import path
 from django.urls.exceptions import Resolver404
 
+from realtime.admission import connect_slots
 from realtime.protocol import CloseCode
 
 from .auth import OptionalOriginValidator, WebSocketAuthMiddleware
@@ -31,16 +32,19 @@ class WebSocketEntry:
         self.auth = WebSocketAuthMiddleware(None)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if not await self.origin.check(scope, receive, send):
-            return
-        if not await self.auth.check(scope, receive, send):
-            return
-        app = self.route(scope)
-        if app is None:
-            await not_found(scope, receive, send)
-            return
-        consumer = app.consumer_class(**app.consumer_initkwargs)
-        await consumer(scope, receive, send)
+        # One connect slot from authentication to the hello (realtime/admission.py); the
+        # consumer lets it go once its connect work is done.
+        async with connect_slots.for_handshake():
+            if not await self.origin.check(scope, receive, send):
+                return
+            if not await self.auth.check(scope, receive, send):
+                return
+            app = self.route(scope)
+            if app is None:
+                await not_found(scope, receive, send)
+                return
+            consumer = app.consumer_class(**app.consumer_initkwargs)
+            await consumer(scope, receive, send)
 
     def route(self, scope: dict[str, Any]) -> Any:
         """The consumer app of the first route matching the scope's path, as ``URLRouter``

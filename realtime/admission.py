@@ -14,10 +14,12 @@ thing: accepted and closed with 1012 at once, which clients treat alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from django.conf import settings
@@ -41,8 +43,32 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 
+class Slot:
+    """One taken connect slot; ``release`` is idempotent."""
+
+    __slots__ = ("_semaphore", "active")
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self.active = True
+
+    def release(self) -> None:
+        if self.active:
+            self.active = False
+            self._semaphore.release()
+
+
+# The slot the running task holds for its whole handshake (see ConnectSlots.for_handshake).
+_held: ContextVar[Slot | None] = ContextVar("connect_slot", default=None)
+
+
 class ConnectSlots:
-    """One semaphore per event loop (tests run one loop per test)."""
+    """One semaphore per event loop (tests run one loop per test).
+
+    A handshake holds one slot from authentication to its ``hello`` (``for_handshake``, taken by
+    the socket's entry app; the connect work inside reuses it through ``slot``). With a slot per
+    step instead, a storm's sockets queued for the second step behind every socket still
+    waiting for the first: none got its ``hello`` until nearly all had authenticated."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -54,6 +80,35 @@ class ConnectSlots:
         if self._semaphore is None or self._loop is not loop:
             self._loop, self._semaphore = loop, asyncio.Semaphore(self.size)
         return self._semaphore
+
+    @contextlib.asynccontextmanager
+    async def for_handshake(self) -> AsyncIterator[Slot]:
+        """Hold a slot for this task until ``release_held`` (the hello) or the block's end."""
+        semaphore = self.get()
+        await semaphore.acquire()
+        slot = Slot(semaphore)
+        token = _held.set(slot)
+        try:
+            yield slot
+        finally:
+            _held.reset(token)
+            slot.release()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Connect work in a slot: the one this task holds for its handshake, else its own."""
+        held = _held.get()
+        if held is not None and held.active:
+            yield
+            return
+        async with self.get():
+            yield
+
+    def release_held(self) -> None:
+        """The handshake's connect work is done (hello sent, or refused): let the next one in."""
+        held = _held.get()
+        if held is not None:
+            held.release()
 
 
 connect_slots = ConnectSlots(CONNECT_CONCURRENCY)

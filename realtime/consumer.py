@@ -137,6 +137,14 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     # --- connection lifecycle -------------------------------------------------------------------
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
+        try:
+            await self._connect()
+        finally:
+            # The handshake's connect slot (taken by the entry app before authentication) goes
+            # to the next socket as soon as this one has its hello or was refused.
+            connect_slots.release_held()
+
+    async def _connect(self) -> None:
         # An app may have chosen the id already (to count the socket before it connects).
         self.connection_id = getattr(self, "connection_id", "") or str(uuid.uuid4())
         self.connected_at = time.monotonic()
@@ -175,7 +183,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             logger.warning("connect failed", extra={"error": exc.__class__.__name__})
             self.session.close(CloseCode.FANOUT_LOST)
             return
-        async with connect_slots.get():
+        async with connect_slots.slot():
             if not await self._set_up(self.session):
                 return
         metrics.CONNECTS.inc()
