@@ -16,6 +16,7 @@ from django.conf import settings
 
 from core.db import db_call
 from core.errors import Invalid, RateLimited
+from realtime.admission import connect_slots
 from realtime.consumer import RealtimeConsumer
 from realtime.protocol import encode
 
@@ -37,6 +38,12 @@ class ChatConsumer(RealtimeConsumer):
     address_user_id: int = 0
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
+        try:
+            await self._connect_capped(message)
+        finally:
+            connect_slots.release_held()  # refused by a cap too: the next handshake's turn
+
+    async def _connect_capped(self, message: WebSocketConnectEvent) -> None:
         """The caps on sockets per user and per address first; once connected, the socket's
         credential is re-checked periodically (chat/revocation.py)."""
         user: Any = self.scope.get("user")

@@ -54,3 +54,28 @@ async def test_an_unknown_path_gets_a_404_where_the_server_can_answer_a_handshak
     body = await communicator.receive_output(timeout=5)
     assert start["type"] == "websocket.http.response.start" and start["status"] == 404
     assert json.loads(body["body"])["code"] == "not_found"
+
+
+async def test_every_handshake_gives_its_connect_slot_back_connected_or_refused(settings):
+    """A socket holds a connect slot from authentication to its hello; one refused by a cap
+    (or before it) gives it back at once, not when its close completes."""
+    from realtime.admission import connect_slots
+
+    settings.WS_MAX_SOCKETS_PER_USER = 1
+    alice = await database_sync_to_async(UserFactory)()
+    headers = [(b"authorization", f"Token {await token_for(alice)}".encode())]
+    first = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    assert (await first.connect(timeout=5))[0]
+    await first.receive_json_from(timeout=5)  # hello
+    free = connect_slots.get()._value
+    assert free == connect_slots.size
+    second = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    connected, _ = await second.connect(timeout=5)
+    assert connected  # accepted, then closed with 4429
+    assert (await second.receive_output(timeout=5))["code"] == 4429
+    assert connect_slots.get()._value == connect_slots.size  # before the close completes
+    unknown = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"authorization", b"Token nope")])
+    await unknown.connect(timeout=5)
+    assert connect_slots.get()._value == connect_slots.size
+    for communicator in (first, second, unknown):
+        await communicator.disconnect()
