@@ -11,6 +11,10 @@ import pytest
 
 from core.db import db_call, defer_to_loop
 
+# db_call closes the worker thread's old database connection around each call: a thread of the
+# process-wide pool may still hold one from an earlier test, which the blocker would refuse.
+pytestmark = pytest.mark.django_db
+
 
 async def test_deferred_work_runs_on_the_loop_before_the_caller_resumes():
     loop_thread = threading.get_ident()
