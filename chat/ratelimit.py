@@ -117,8 +117,7 @@ async def acheck(budget: str, *, user_id: int) -> None:
     now = time.time()
     bucket = redis_client.key("rl", budget, user_id)
     if redis_client.cluster_mode():
-        client = redis_client.get_async()
-        allowed, wait = await client.eval(BUCKET_LUA, 1, bucket, rate, burst, now, 1)
+        allowed, wait = await redis_client.batched().execute("EVAL", BUCKET_LUA, 1, bucket, rate, burst, now, 1)
         ok, retry_after = bool(int(allowed)), float(wait)
     else:
         ok, retry_after = _take_local(bucket, rate, burst, now)

@@ -140,7 +140,11 @@ async def admit_address(address: str, user_id: int, connection_id: str) -> bool:
         r = redis_client.get_async()
         name = address_key(address)
         for attempt in range(2):
-            refused = int(await r.eval(_ADMIT_LUA, 1, name, member, time.time(), cap, ADDRESS_TTL_SECONDS))
+            refused = int(
+                await redis_client.batched().execute(
+                    "EVAL", _ADMIT_LUA, 1, name, member, time.time(), cap, ADDRESS_TTL_SECONDS
+                )
+            )
             if refused < 0:
                 return True
             if attempt == 0 and not await _prune(r, name):
@@ -183,7 +187,7 @@ async def release_address(address: str, user_id: int, connection_id: str) -> Non
                 del _local[address]
         return
     try:
-        await redis_client.get_async().zrem(address_key(address), member)
+        await redis_client.batched().execute("ZREM", address_key(address), member)
     except Exception as exc:  # noqa: BLE001
         # Pruned once the cap is reached (the registry no longer holds the connection).
         logger.warning("address release failed", extra={"error": exc.__class__.__name__})

@@ -16,12 +16,11 @@ well make a Redis fault fail the write (503) instead of leaving a stale copy beh
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from redis import exceptions as redis_exceptions
-
-from core.redis_client import get_async, get_sync, key
+from core.redis_client import batched, get_sync, key
 
 # A cached value outlives no change (invalidation is exact); the TTL only bounds what an
 # unused fact costs in Redis. The generation lives longer than any fill takes.
@@ -56,23 +55,9 @@ def keys(tag: str, name: str) -> tuple[str, str]:
     return value_key, f"{value_key}:gen"
 
 
-async def _execute(pipe: Any) -> list[Any]:
-    """``await pipe.execute()``. When a cluster master dies under the pipeline, redis-py's async
-    cluster pipeline can fail on the connection it just closed with an AttributeError (no stream
-    writer) or a RuntimeError (transport closed) instead of a ConnectionError: that is the same
-    Redis fault (503 or a skipped best-effort write), not a bug of ours, so it is raised as one."""
-    try:
-        return list(await pipe.execute())
-    except (AttributeError, RuntimeError) as exc:
-        raise redis_exceptions.ConnectionError(f"connection lost under a pipeline ({exc.__class__.__name__})") from exc
-
-
 async def read(tag: str, name: str) -> Read:
-    value_key, gen_key = keys(tag, name)
-    pipe = get_async().pipeline(transaction=False)
-    pipe.get(value_key)
-    pipe.get(gen_key)
-    value, gen = await _execute(pipe)
+    # One command (both keys are in the tag's slot), batched with the loop's other commands.
+    value, gen = await batched().execute("MGET", *keys(tag, name))
     return Read(value, gen or "")
 
 
@@ -81,16 +66,14 @@ async def read_many(items: list[tuple[str, str]]) -> list[str | None]:
     for facts that only ever grow, where a missing value is filled with ``raise_to``."""
     if not items:
         return []
-    pipe = get_async().pipeline(transaction=False)
-    for tag, name in items:
-        pipe.get(keys(tag, name)[0])
-    return await _execute(pipe)
+    batcher = batched()
+    return list(await asyncio.gather(*(batcher.submit("GET", keys(tag, name)[0]) for tag, name in items)))
 
 
 async def fill(tag: str, name: str, value: str, seen: Read) -> bool:
     """Store ``value`` unless the fact was invalidated since ``seen`` was read."""
     value_key, gen_key = keys(tag, name)
-    result: Any = await get_async().eval(_FILL_LUA, 2, value_key, gen_key, value, seen.gen, VALUE_TTL_SECONDS)
+    result: Any = await batched().execute("EVAL", _FILL_LUA, 2, value_key, gen_key, value, seen.gen, VALUE_TTL_SECONDS)
     return bool(result)
 
 
@@ -138,7 +121,10 @@ def raise_to_sync(items: list[tuple[str, str, int]]) -> None:
 async def raise_to(items: list[tuple[str, str, int]]) -> None:
     if not items:
         return
-    pipe = get_async().pipeline(transaction=False)
-    for tag, name, value in items:
-        pipe.eval(_RAISE_LUA, 1, keys(tag, name)[0], value, VALUE_TTL_SECONDS)
-    await _execute(pipe)
+    batcher = batched()
+    await asyncio.gather(
+        *(
+            batcher.submit("EVAL", _RAISE_LUA, 1, keys(tag, name)[0], value, VALUE_TTL_SECONDS)
+            for tag, name, value in items
+        )
+    )

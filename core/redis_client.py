@@ -29,6 +29,8 @@ from redis import exceptions as redis_exceptions
 from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from core.redis_batch import Batcher
+
 logger = logging.getLogger("chat.redis")
 T = TypeVar("T")
 
@@ -67,6 +69,7 @@ RETRYABLE = UNAVAILABLE_ERRORS
 _sync_client: SyncClient | None = None
 _sync_lock = threading.Lock()
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = weakref.WeakKeyDictionary()
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batcher] = weakref.WeakKeyDictionary()
 
 
 def cluster_mode() -> bool:
@@ -219,8 +222,20 @@ def _blocking_sentinel_pool() -> type:
     return WaitingSentinelConnectionPool
 
 
+def batched() -> Batcher:
+    """The running loop's batcher: commands submitted in one loop turn share a round trip
+    (core/redis_batch.py), on the same client as ``get_async``."""
+    loop = asyncio.get_running_loop()
+    batcher = _batchers.get(loop)
+    client = get_async()
+    if batcher is None or batcher.client is not client:
+        batcher = _batchers[loop] = Batcher(client)
+    return batcher
+
+
 async def close_async() -> None:
     """Close the running loop's client (a private loop that is about to end)."""
+    _batchers.pop(asyncio.get_running_loop(), None)
     client = _async_clients.pop(asyncio.get_running_loop(), None)
     if client is not None:
         await client.aclose()
@@ -234,6 +249,7 @@ def reset_clients() -> None:
             _sync_client.close()
         _sync_client = None
     _async_clients.clear()
+    _batchers.clear()
 
 
 def _log_retry(exc: BaseException, attempt: int) -> None:

@@ -260,7 +260,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def websocket_disconnect(self, message: WebSocketDisconnectEvent) -> None:
         await self._drain_pipeline()  # frames read before the close finish as they would have
         await self._tear_down(message.get("code", 1000))
-        await super().websocket_disconnect(message)
+        # Not channels' own: it would hop to a worker thread to close database connections this
+        # consumer never opened (db_call manages its thread's), once per socket.
+        raise StopConsumer
 
     def _on_dead(self) -> None:
         """A write failed. A client that went away is reported by the server's disconnect event

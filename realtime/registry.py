@@ -201,8 +201,12 @@ class RedisRegistry:
             self.local[conn.connection_id] = conn
         # The instance's list first: an instance that dies between the two steps is reaped with
         # a connection the user's slot never had, which the (idempotent) removal ignores.
-        await self._r.sadd(instance_conns_key(conn.instance_id), f"{conn.user_id}:{conn.connection_id}")
-        added = await self._r.eval(
+        # Batched with the other sockets' commands of this loop turn (core/redis_batch.py); the
+        # second waits for the first, so the order holds.
+        batcher = redis_client.batched()
+        await batcher.execute("SADD", instance_conns_key(conn.instance_id), f"{conn.user_id}:{conn.connection_id}")
+        added = await batcher.execute(
+            "EVAL",
             _ADD_LUA,
             4,
             conn_key(conn.user_id, conn.connection_id),
@@ -217,7 +221,8 @@ class RedisRegistry:
         return bool(int(added))
 
     async def _remove_in_user_slot(self, conn_id: str, user_id: int) -> None:
-        await self._r.eval(
+        await redis_client.batched().execute(
+            "EVAL",
             _REMOVE_LUA,
             3,
             conn_key(user_id, conn_id),
@@ -231,7 +236,7 @@ class RedisRegistry:
     async def remove(self, conn_id: str, user_id: int) -> None:
         self.local.pop(conn_id, None)
         await self._remove_in_user_slot(conn_id, user_id)
-        await self._r.srem(instance_conns_key(self.instance_id), f"{user_id}:{conn_id}")
+        await redis_client.batched().execute("SREM", instance_conns_key(self.instance_id), f"{user_id}:{conn_id}")
 
     async def due_offline(self) -> list[int]:
         now = time.time()
@@ -273,10 +278,11 @@ class RedisRegistry:
 
     async def touch(self, conn_id: str, user_id: int) -> None:
         now = time.time()
-        async with self._r.pipeline(transaction=False) as pipe:
-            pipe.hset(conn_key(user_id, conn_id), "last_seen", str(now))
-            pipe.zadd(user_conns_key(user_id), {conn_id: now}, xx=True)
-            await pipe.execute()
+        batcher = redis_client.batched()
+        await asyncio.gather(
+            batcher.submit("HSET", conn_key(user_id, conn_id), "last_seen", str(now)),
+            batcher.submit("ZADD", user_conns_key(user_id), "XX", now, conn_id),
+        )
 
     async def heartbeat(self) -> bool:
         """Renew this instance's heartbeat. When Redis lost our entry (it restarted empty, or we
@@ -365,7 +371,7 @@ class RedisRegistry:
         return await self._load([(user_id, cid) for cid in conn_ids])
 
     async def user_connection_count(self, user_id: int) -> int:
-        return int(await self._r.zcard(user_conns_key(user_id)))
+        return int(await redis_client.batched().execute("ZCARD", user_conns_key(user_id)))
 
     async def all_connections(self) -> list[Connection]:
         conns: list[tuple[int, str]] = []
