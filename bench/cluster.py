@@ -83,7 +83,7 @@ def machine_info() -> dict[str, Any]:
 class ChatServer(AppServer):
     """One chat instance, run from ``source``; uvicorn with the options the benchmark uses (or daphne)."""
 
-    ws_impl = "websockets-sansio"
+    ws_impl = "realtime.uvicorn_protocol:WebSocketProtocol"
     source: Path = ROOT
     deflate = False
 

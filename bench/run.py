@@ -12,8 +12,9 @@ creates the users, tokens and conversations (bench/setup_data.py), and then, for
 starts N instances and drives them with real WebSocket clients in separate processes
 (bench/loadgen.py):
 
-* ``chat`` - this project under uvicorn (uvloop, httptools, ``--ws websockets-sansio``), cluster
-  mode on the benchmark's Redis and PostgreSQL;
+* ``chat`` - this project under uvicorn (uvloop, httptools, and the shipped WebSocket protocol
+  ``--ws realtime.uvicorn_protocol:WebSocketProtocol``: uvicorn's sans-I/O one, holding less per
+  socket), cluster mode on the benchmark's Redis and PostgreSQL;
 * ``raw``  - bench/raw_server.py, a `websockets` + redis-py pub/sub server with the same frames;
 * ``chat-cluster`` (``--redis single,cluster``, S1 and S2 only) - this project with
   ``REDIS_CLUSTER=true`` on a Redis Cluster of three masters and three replicas
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", type=csv_s, default=["chat", "raw"], help="chat,raw")
     p.add_argument("--instances", type=int, default=2)
     p.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
-    p.add_argument("--ws", default="websockets-sansio", help="uvicorn --ws implementation")
+    p.add_argument("--ws", default="realtime.uvicorn_protocol:WebSocketProtocol", help="uvicorn --ws implementation")
     p.add_argument(
         "--layer",
         choices=["pubsub", "core"],

@@ -259,6 +259,9 @@ class AppServer:
             "127.0.0.1",
             "--port",
             str(self.port),
+            # The shipped WebSocket protocol: uvicorn's sans-I/O one, holding less per socket.
+            "--ws",
+            "realtime.uvicorn_protocol:WebSocketProtocol",
             # A backstop at twice the limit: the application's own check answers a frame over
             # WS_MAX_FRAME_BYTES with a close handshake (1009). At uvicorn's own limit the
             # websockets library fails the connection while the client may still be sending,

@@ -143,6 +143,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             # The handshake's connect slot (taken by the entry app before authentication) goes
             # to the next socket as soon as this one has its hello or was refused.
             connect_slots.release_held()
+            # Read by now (authentication, caps, registry); an idle socket does not keep them.
+            # The scope is the server's own dict, so its copy of them goes too.
+            self.scope["headers"] = ()
 
     async def _connect(self) -> None:
         # An app may have chosen the id already (to count the socket before it connects).
