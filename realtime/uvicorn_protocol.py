@@ -10,7 +10,8 @@ Frames, handshakes, closes and flow control are uvicorn's own (``websockets-sans
 * the transport's "writable" flag: an ``asyncio.Event`` (with its deque of waiters) becomes a
   flag whose waiters exist only while the transport is paused;
 * the handshake's request and response (their header objects) are let go once the socket is
-  accepted or refused; the application reads the headers from the ASGI scope.
+  accepted or refused, including the request websockets' parser kept; the application reads
+  the headers from the ASGI scope.
 
 Measured with the benchmark's S3 (``--trace-memory``): see the README. Everything else, and
 every later uvicorn fix, is inherited; ``uvicorn`` is pinned, and the integration tests run it.
@@ -22,6 +23,7 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol
 
 
 class Inbox:
@@ -111,6 +113,16 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         # Its headers are in the scope now; a handshake refused here has no further use for it.
         self.request = None  # type: ignore[assignment]
+        # websockets' handshake parser goes on parsing frames in the same generator, whose frame
+        # keeps the request (and its headers) as a local for as long as the socket is open. A
+        # frame parser started afresh is the same parser in the same state when nothing is
+        # buffered yet (a client sends no frame before the handshake's response), so it
+        # replaces that one; otherwise the original stays.
+        conn = self.conn
+        if not self.handshake_complete and not conn.reader.buffer and conn.parser_exc is None:
+            parser = Protocol.parse(conn)
+            next(parser)
+            conn.parser = parser
 
     def start_keepalive(self) -> None:
         # Called once the accepting response was written: it is not needed any more.

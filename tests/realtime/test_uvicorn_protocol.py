@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
+import weakref
 from typing import Any
 
 import pytest
@@ -79,6 +81,24 @@ async def test_frames_go_both_ways_and_the_idle_socket_keeps_no_handshake_object
         for word in ("a", "b", "c"):
             await ws.send(word)
         assert [await ws.recv() for _ in range(3)] == ["A", "B", "C"]
+
+
+async def test_the_handshake_request_is_freed_once_the_socket_is_open(monkeypatch):
+    requests: list[weakref.ref[Any]] = []
+    original = WebSocketProtocol.handle_connect
+
+    def handle_connect(self: WebSocketProtocol, event: Any) -> None:
+        requests.append(weakref.ref(event))
+        original(self, event)
+
+    monkeypatch.setattr(WebSocketProtocol, "handle_connect", handle_connect)
+    async with serving() as (_, url), websockets.connect(url + "/echo") as ws:
+        await ws.send("x")
+        assert await ws.recv() == "X"
+        gc.collect()
+        assert len(requests) == 1 and requests[0]() is None
+        await ws.send("y" * 100_000)  # frames still parse, large ones too
+        assert await ws.recv() == "Y" * 100_000
 
 
 async def test_the_server_closes_with_its_code_and_refuses_before_accepting():
