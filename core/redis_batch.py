@@ -45,7 +45,7 @@ class Batcher:
         self.loop = asyncio.get_running_loop()
         # Batches in flight (a reference each, so the loop does not drop a running one).
         self.running: set[asyncio.Task[None]] = set()
-        self.batches = 0  # sent, for tests and the logs
+        self.batches = 0  # batches and commands sent (the tests read them)
         self.commands = 0
 
     def submit(self, *args: Any) -> asyncio.Future[Any]:
