@@ -11,12 +11,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from asgiref.typing import WebSocketConnectEvent
 from django.conf import settings
 
 from core.db import db_call
 from core.errors import Invalid, RateLimited
-from realtime.admission import connect_slots
 from realtime.consumer import RealtimeConsumer
 from realtime.protocol import encode
 
@@ -37,15 +35,10 @@ class ChatConsumer(RealtimeConsumer):
     address_counted: bool = False
     address_user_id: int = 0
 
-    async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
-        try:
-            await self._connect_capped(message)
-        finally:
-            connect_slots.release_held()  # refused by a cap too: the next handshake's turn
-
-    async def _connect_capped(self, message: WebSocketConnectEvent) -> None:
+    async def _connect(self) -> None:
         """The caps on sockets per user and per address first; once connected, the socket's
-        credential is re-checked periodically (chat/revocation.py)."""
+        credential is re-checked periodically (chat/revocation.py). The base class releases the
+        handshake's connect slot after this, refused or not."""
         user: Any = self.scope.get("user")
         known = bool(user is not None and user.is_authenticated and user.is_active)
         if known and await socket_cap.over_cap(int(user.pk)):
@@ -58,7 +51,7 @@ class ChatConsumer(RealtimeConsumer):
                 await self._refuse(socket_cap.CLOSE_TOO_MANY_SOCKETS)
                 return
             self.address_counted, self.address_user_id = True, int(user.pk)
-        await super().websocket_connect(message)
+        await super()._connect()
         if not self.registered:
             await self._release_address()
         elif known and self.session is not None:

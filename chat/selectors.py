@@ -177,9 +177,14 @@ _ID_MARKER = 982_451_653
 _UUID_MARKER = uuid.UUID("00000000-0000-4000-8000-00000000e1f0")
 
 
+@functools.cache
+def _message_fields() -> list[str]:
+    return [f.attname for f in Message._meta.concrete_fields]  # from_db takes them in this order
+
+
 @functools.lru_cache(maxsize=8)
 def _messages_after_query(limit: int) -> Prepared:
-    fields = [f.attname for f in Message._meta.concrete_fields]  # from_db takes them in this order
+    fields = _message_fields()
     return Prepared(
         lambda cid, after: (
             Message.objects.filter(conversation_id=cid, seq__gt=after).order_by("seq").values_list(*fields)[:limit]
@@ -193,7 +198,7 @@ def messages_after(*, conversation_id: uuid.UUID | str, after_seq: int, limit: i
     """For resume and the router's gap fills: no participation check here, the caller has done
     it. Prepared once per limit (a resume's limit is nearly always the same)."""
     cid = conversation_id if isinstance(conversation_id, uuid.UUID) else uuid.UUID(str(conversation_id))
-    names = [f.attname for f in Message._meta.concrete_fields]
+    names = _message_fields()
     db = Message.objects.db
     rows = _messages_after_query(int(limit)).rows(using=db, cid=cid, after=int(after_seq))
     return [Message.from_db(db, names, row) for row in rows]

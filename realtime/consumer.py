@@ -148,6 +148,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             self.scope["headers"] = ()
 
     async def _connect(self) -> None:
+        """Authenticate, route, register and greet the socket (or refuse it). Apps extend it
+        with their own admission checks; ``websocket_connect`` releases the handshake's connect
+        slot after it whatever happened."""
         # An app may have chosen the id already (to count the socket before it connects).
         self.connection_id = getattr(self, "connection_id", "") or str(uuid.uuid4())
         self.connected_at = time.monotonic()
