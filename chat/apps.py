@@ -6,7 +6,6 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from core.db import db_call
         from core.runtime import runtime
         from realtime.router import router
 
@@ -15,5 +14,5 @@ class ChatConfig(AppConfig):
         assert checks  # registers the system checks
         authcache.connect_signals()
         topics.connect_signals()
-        router.set_stream_source(streams.fetch_messages, db_call(selectors.latest_seqs))
+        router.set_stream_source(streams.fetch_messages, selectors.alatest_seqs)
         runtime.register_loop("chat.credential-check", revocation.run_credential_check_loop)

@@ -72,7 +72,7 @@ class ChatConsumer(RealtimeConsumer):
 
     async def topics(self) -> dict[str, int]:
         """The user's conversations and the latest seq of each (from Redis; chat/topics.py)."""
-        return await topic_cache.conversation_seqs(self.user_id, _load_conversation_seqs, _load_latest_seqs)
+        return await topic_cache.conversation_seqs(self.user_id, _load_conversation_seqs, selectors.alatest_seqs)
 
     async def check_budget(self, frame_type: str) -> None:
         """The user's cluster-wide budget of this frame type (429 when spent)."""
@@ -81,7 +81,6 @@ class ChatConsumer(RealtimeConsumer):
             await ratelimit.acheck(budget, user_id=self.user_id)
 
 
-_load_latest_seqs = db_call(selectors.latest_seqs)
 _conversation_seqs = db_call(selectors.conversation_seqs)
 
 
@@ -99,7 +98,7 @@ def _required(data: dict[str, Any], name: str) -> Any:
 @ChatConsumer.handler("message.send", pipelined_by="conversation_id")
 async def on_message_send(consumer: ChatConsumer, data: dict[str, Any]) -> dict[str, Any]:
     """Persist, then ack with the message; every participant gets ``message.new``."""
-    result = await db_call(services.message_send)(
+    result = await services.amessage_send(
         sender_id=consumer.user_id,
         conversation_id=_required(data, "conversation_id"),
         body=data.get("body"),

@@ -83,9 +83,19 @@ def _user(user_id: int) -> Audience:
 # --- One function per event type ----------------------------------------------------------------
 
 
-def message_new(message: Message) -> None:
+def _message_new(message: Message) -> Envelope:
     frame = {"type": "message.new", "message": presenters.message(message)}
-    send_on_commit(envelope(_conversation(message.conversation_id), frame, seq=message.seq))
+    return envelope(_conversation(message.conversation_id), frame, seq=message.seq)
+
+
+def message_new(message: Message) -> None:
+    send_on_commit(_message_new(message))
+
+
+async def amessage_new(message: Message) -> None:
+    """:func:`message_new` from the event loop, for a message already committed."""
+    env = _message_new(message)
+    await _publish_on_loop([group_of(env["audience"])], dict(env))
 
 
 def typing(*, conversation_id: object, user_id: int, state: str) -> None:

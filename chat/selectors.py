@@ -12,6 +12,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
+from core import pg
+from core.db import db_call
 from core.errors import AccountInactive, Invalid, NotFound, NotParticipant
 from core.prepared import Prepared
 
@@ -109,6 +111,25 @@ def latest_seqs(conversation_ids: list[str]) -> dict[str, int]:
     return {
         str(cid): seq for cid, seq in Conversation.objects.filter(pk__in=conversation_ids).values_list("id", "last_seq")
     }
+
+
+_latest_seqs_orm = db_call(latest_seqs)
+
+
+def _latest_seqs_sql() -> str:
+    return f"SELECT id, last_seq FROM {Conversation._meta.db_table} WHERE id = ANY(%(ids)s::uuid[])"  # noqa: S608
+
+
+async def alatest_seqs(conversation_ids: list[str]) -> dict[str, int]:
+    """:func:`latest_seqs` from the event loop: on the loop's own connections when it can
+    (core/pg.py; the router's sweep runs it every few seconds on every instance)."""
+    statements = pg.available()
+    if statements is None:
+        return await _latest_seqs_orm(conversation_ids)
+    if not conversation_ids:
+        return {}
+    rows = await statements.fetchall(_latest_seqs_sql(), {"ids": list(conversation_ids)})
+    return {str(cid): seq for cid, seq in rows}
 
 
 def conversation_ids_of(*, user_id: int) -> list[str]:

@@ -11,10 +11,11 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.utils import timezone
 
-from core import metrics, redis_client
+from core import metrics, pg, redis_client
+from core.db import db_call
 from core.errors import Invalid, NotFound, NotParticipant, PermissionDenied
 from core.validation import check_text
 
@@ -219,41 +220,98 @@ RETURNING seq
 _SEND_SQL = _send_sql()
 
 
+def _send_params(cid: uuid.UUID, sender_id: int, body: str, client_msg_id: str | None) -> dict[str, Any]:
+    return {
+        "cid": cid,
+        "sender": sender_id,
+        "now": timezone.now(),
+        "id": uuid.uuid4(),
+        "body": body,
+        "client_msg_id": client_msg_id,
+    }
+
+
+def _stored(params: dict[str, Any], seq: int) -> Message:
+    """The message the send statement stored (it returns only the seq)."""
+    message = Message(
+        id=params["id"],
+        conversation_id=params["cid"],
+        seq=seq,
+        sender_id=params["sender"],
+        body=params["body"],
+        client_msg_id=params["client_msg_id"],
+        created_at=params["now"],
+    )
+    message._state.adding = False
+    message._state.db = DEFAULT_DB_ALIAS
+    metrics.MESSAGES_PERSISTED.inc()
+    return message
+
+
 def _send_one_statement(cid: uuid.UUID, sender_id: int, body: str, client_msg_id: str | None) -> SendResult:
     """The send in one round trip (PostgreSQL): the UPDATE takes the conversation's row lock and
     the next seq, the INSERT stores the message, both or neither (one statement). A concurrent
     sender of the same conversation waits on the row lock and then sees the new last_seq, so
     seqs stay gap-free and unique; a duplicate client_msg_id fails the whole statement."""
-    now = timezone.now()
-    message_id = uuid.uuid4()
-    params: dict[str, Any] = {
-        "cid": cid,
-        "sender": sender_id,
-        "now": now,
-        "id": message_id,
-        "body": body,
-        "client_msg_id": client_msg_id,
-    }
+    params = _send_params(cid, sender_id, body, client_msg_id)
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
         cursor.execute(_SEND_SQL, params)
         row = cursor.fetchone()
     if row is None:
         _check_participant(cid, sender_id)
         raise NotParticipant()  # added only after the statement ran: not a participant at the send
-    message = Message(
-        id=message_id,
-        conversation_id=cid,
-        seq=row[0],
-        sender_id=sender_id,
-        body=body,
-        client_msg_id=client_msg_id,
-        created_at=now,
-    )
-    message._state.adding = False
-    message._state.db = connection.alias
-    metrics.MESSAGES_PERSISTED.inc()
+    message = _stored(params, row[0])
     topics.seq_advanced(cid, message.seq)  # raw SQL sends no signals; before the event's publish
     events.message_new(message)
+    return SendResult(message, False)
+
+
+def _original_sql() -> str:
+    msg = Message._meta
+    return f"""
+SELECT 1 FROM {msg.db_table}
+WHERE conversation_id = %(cid)s AND sender_id = %(sender)s AND client_msg_id = %(client_msg_id)s
+"""  # noqa: S608
+
+
+_ORIGINAL_SQL = _original_sql()
+
+
+async def amessage_send(*, sender_id: int, conversation_id: object, body: Any, client_msg_id: Any = None) -> SendResult:
+    """:func:`message_send` from the event loop (the WebSocket's ``message.send``): the same
+    checks, the same statement and the same events, with the statement on the loop's own
+    database connections (core/pg.py) instead of a worker thread, the send budget taken with
+    the loop's batched Redis client, and the publish awaited before the ack. A repeated
+    ``client_msg_id`` and a refusal take the ORM path (they are rare)."""
+    statements = pg.available()
+    if statements is None:  # not PostgreSQL, or not the runtime's loop
+        return await db_call(message_send)(
+            sender_id=sender_id, conversation_id=conversation_id, body=body, client_msg_id=client_msg_id
+        )
+    body = _validate_body(body)
+    client_msg_id = _validate_client_msg_id(client_msg_id)
+    cid = parse_conversation_id(conversation_id)
+    params = _send_params(cid, sender_id, body, client_msg_id)
+    if client_msg_id is not None and await statements.fetchone(_ORIGINAL_SQL, params) is not None:
+        return await db_call(message_send)(
+            sender_id=sender_id, conversation_id=cid, body=body, client_msg_id=client_msg_id
+        )
+    await ratelimit.acheck("send", user_id=sender_id)
+    try:
+        row = await statements.fetchone(_SEND_SQL, params)
+    except IntegrityError:
+        if client_msg_id is None:
+            raise
+        # A concurrent send with the same client_msg_id won (see message_send): its original.
+        return await db_call(message_send)(
+            sender_id=sender_id, conversation_id=cid, body=body, client_msg_id=client_msg_id
+        )
+    if row is None:
+        await db_call(_check_participant)(cid, sender_id)
+        raise NotParticipant()
+    message = _stored(params, row[0])
+    await topics.aseq_advanced(cid, message.seq)  # before the event's publish, as after a commit
+    await events.amessage_new(message)
     return SendResult(message, False)
 
 

@@ -108,14 +108,8 @@ def seq_advanced(conversation_id: object, seq: int) -> None:
         return
     items = [(_conversation_tag(conversation_id), SEQ, int(seq))]
 
-    async def on_loop() -> None:
-        try:
-            await guarded_cache.raise_to(items)
-        except RedisError as exc:
-            logger.debug("seq cache update failed", extra={"error": exc.__class__.__name__})
-
     def after_commit() -> None:
-        if defer_to_loop(on_loop):
+        if defer_to_loop(lambda: aseq_advanced(conversation_id, seq)):
             return
         try:
             guarded_cache.raise_to_sync(items)
@@ -123,6 +117,15 @@ def seq_advanced(conversation_id: object, seq: int) -> None:
             logger.debug("seq cache update failed", extra={"error": exc.__class__.__name__})
 
     transaction.on_commit(after_commit)
+
+
+async def aseq_advanced(conversation_id: object, seq: int) -> None:
+    """:func:`seq_advanced` from the event loop, for a seq already committed."""
+    if redis_client.cluster_mode():
+        try:
+            await guarded_cache.raise_to([(_conversation_tag(conversation_id), SEQ, int(seq))])
+        except RedisError as exc:
+            logger.debug("seq cache update failed", extra={"error": exc.__class__.__name__})
 
 
 # --- signals: writers outside the services (admin, shell, fixtures) -----------------------------

@@ -101,9 +101,10 @@ class Runtime:
                 loop.create_task(named.hook(), name=named.name, context=contextvars.Context()) for named in self._loops
             ]
             self._install_sigterm()
-            from core import db  # imports Django's ORM: not at module level
+            from core import db, pg  # import Django's ORM: not at module level
 
             db.start_executor()
+            pg.open_on(loop)
             self.started = True
             logger.info("runtime started", extra={"loops": [n.name for n in self._loops]})
 
@@ -122,14 +123,19 @@ class Runtime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._stop_db_executor()
+        from core import db, pg
+
+        db.stop_executor()
+        await pg.close()
         self.started = False
 
     @staticmethod
     def _stop_db_executor() -> None:
-        from core import db
+        """Without awaiting (the loop they ran on may be gone)."""
+        from core import db, pg
 
         db.stop_executor()
+        pg.abandon()
 
     # --- drain -------------------------------------------------------------------------------
 

@@ -8,7 +8,10 @@ with 1011. Here a publish goes out on the shard's pooled connections at once, co
 others and with subscriptions (the pub/sub connection is a connection of its own), and a send to
 several groups (``group_send_many``: a presence change to each of a user's conversations) is one
 pipeline per shard, one round trip. Subscriptions queued by a burst of connects go out as one
-``SUBSCRIBE`` of all their channels (``group_add_many``). Receiving is the library's.
+``SUBSCRIBE`` of all their channels (``group_add_many``). Receiving is the library's, except that
+an idle receiver waits up to ``RECEIVE_POLL_SECONDS`` for a message instead of waking every
+0.1 s to ask again (ten wakeups a second were a quarter of an idle instance's CPU); a message
+ends the wait at once, and a connection's failure is met as before (the read raises).
 
 It works on channels-redis 4.3's per-loop layer and shard objects (the version pinned in
 requirements/base.txt); tests/realtime/test_pubsub_layer.py fails if an upgrade changes them.
@@ -17,16 +20,46 @@ requirements/base.txt); tests/realtime/test_pubsub_layer.py fails if an upgrade 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from channels_redis.pubsub import RedisPubSubChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisSingleShardConnection
 
 # Publishes in flight at once per loop: each holds one of the shard pool's connections (100 by
 # default, and redis-py refuses past that rather than wait).
 PUBLISH_CONCURRENCY = 32
+RECEIVE_POLL_SECONDS = 5.0
+
+logger = logging.getLogger("realtime.pubsub_layer")
+
+
+class _Shard(RedisSingleShardConnection):  # type: ignore[misc]
+    async def _do_receiving(self) -> None:
+        """The library's receive loop (channels-redis 4.3), with a longer wait per read."""
+        while True:
+            try:
+                if self._pubsub and self._pubsub.subscribed:
+                    message = await self._pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=RECEIVE_POLL_SECONDS
+                    )
+                    self._receive_message(message)
+                else:
+                    await asyncio.sleep(0.1)
+            except (TimeoutError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except BaseException:
+                logger.exception("Unexpected exception in receive task")
+                await asyncio.sleep(1)
 
 
 class RedisPubSubLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
+    def _get_layer(self) -> Any:
+        layer = super()._get_layer()
+        if not getattr(layer, "own_shards", False):  # new (shards connect on first use)
+            layer._shards = [_Shard(shard.host, layer) for shard in layer._shards]
+            layer.own_shards = True
+        return layer
+
     async def group_add_many(self, groups: list[str], channel: str) -> None:
         """Add ``channel`` to every group: one ``SUBSCRIBE`` per shard for all of them. redis-py
         writes each command under ``wait_for`` (a task, so a turn of the event loop): one group

@@ -5,7 +5,6 @@ and the acks leave in the order of the frames."""
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 from channels.db import database_sync_to_async
@@ -38,20 +37,20 @@ async def _until(predicate, timeout: float = 5.0) -> bool:
 
 async def test_sends_to_other_conversations_do_not_wait_and_acks_keep_frame_order(two_conversations, monkeypatch):
     alice, first, second = two_conversations
-    gate = threading.Event()
+    gate = asyncio.Event()
     calls: list[tuple[str, str]] = []
-    real = services.message_send
+    real = services.amessage_send
 
-    def held_send(**kwargs):
+    async def held_send(**kwargs):
         calls.append(("start", kwargs["body"]))
         if kwargs["body"] == "a1":
-            gate.wait(10)  # the first conversation's database round trip, held
+            await asyncio.wait_for(gate.wait(), 10)  # the first conversation's database round trip, held
         try:
-            return real(**kwargs)
+            return await real(**kwargs)
         finally:
             calls.append(("end", kwargs["body"]))
 
-    monkeypatch.setattr(services, "message_send", held_send)
+    monkeypatch.setattr(services, "amessage_send", held_send)
     client = await connect(alice)
     try:
         for rid, conv, body in (("1", first, "a1"), ("2", first, "a2"), ("3", second, "b1")):
@@ -80,4 +79,36 @@ async def test_sends_to_other_conversations_do_not_wait_and_acks_keep_frame_orde
         assert seqs["a1"] < seqs["a2"]
     finally:
         gate.set()
+        await client.c.disconnect()
+
+
+async def test_a_send_takes_no_worker_thread_and_still_commits_before_its_ack(two_conversations, monkeypatch):
+    """On PostgreSQL a socket's send runs its statement on the event loop (core/pg.py): nothing
+    goes through the ORM's cursors on a worker thread, and the ack still follows the commit."""
+    from django.db.backends import utils
+
+    alice, first, _ = two_conversations
+    orm_statements: list[str] = []
+    real_execute = utils.CursorWrapper.execute
+
+    def recording(self, sql, params=None):
+        orm_statements.append(sql)
+        return real_execute(self, sql, params)
+
+    monkeypatch.setattr(utils.CursorWrapper, "execute", recording)
+    client = await connect(alice)
+    try:
+        for i in range(3):
+            await client.send(
+                {"type": "message.send", "id": f"s{i}", "conversation_id": str(first.id), "body": f"m{i}"}
+            )
+            ack = await client.expect(lambda f: f.get("type") in ("ack", "error"), timeout=5)
+            assert ack["type"] == "ack", ack
+            # Committed when acked: another connection sees it at once.
+            seq = ack["message"]["seq"]
+            assert await database_sync_to_async(
+                Message.objects.filter(conversation=first, seq=seq, body=f"m{i}").exists
+            )()
+        assert not [sql for sql in orm_statements if "INSERT INTO" in sql and "chat_message" in sql], orm_statements
+    finally:
         await client.c.disconnect()

@@ -49,3 +49,29 @@ async def test_a_send_to_several_groups_is_one_round_trip(layer, redis_server, m
     assert len(writes) == 1  # five PUBLISH commands, one write and one read
     got = [await asyncio.wait_for(layer.receive(channel), 2) for _ in groups]
     assert sorted(m["group"] for m in got) == groups
+
+
+async def test_an_idle_receiver_waits_for_messages_instead_of_polling(layer, monkeypatch):
+    """channels-redis asks Redis for a message every 0.1 s; an idle instance then spent a
+    quarter of its CPU waking up. Here one read waits, and a message still ends it at once."""
+    from redis.asyncio.client import PubSub
+
+    calls: list[float] = []
+    original = PubSub.get_message
+
+    async def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("timeout", 0.0))
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PubSub, "get_message", counted)
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    await asyncio.sleep(0.3)  # the subscription's confirmation ends a read
+    calls.clear()
+    await asyncio.sleep(1.0)
+    assert len(calls) <= 1, calls  # the library: ten
+    loop = asyncio.get_running_loop()
+    sent_at = loop.time()
+    await layer.group_send("room", {"type": "x", "n": 1})
+    assert (await asyncio.wait_for(layer.receive(channel), 2))["n"] == 1
+    assert loop.time() - sent_at < 1.0, "a message must not wait for the read's timeout"
