@@ -112,3 +112,34 @@ async def test_a_send_takes_no_worker_thread_and_still_commits_before_its_ack(tw
         assert not [sql for sql in orm_statements if "INSERT INTO" in sql and "chat_message" in sql], orm_statements
     finally:
         await client.c.disconnect()
+
+
+async def test_two_sockets_racing_one_client_msg_id_store_it_once(two_conversations):
+    """The statement on the loop loses the race with a unique violation (no seq is used up);
+    the loser answers with the original, as a repeat."""
+    alice, first, _ = two_conversations
+    sockets = [await connect(alice), await connect(alice)]
+    try:
+        for round_no in range(5):
+            key = f"race-{round_no}"
+            for n, client in enumerate(sockets):
+                await client.send(
+                    {
+                        "type": "message.send",
+                        "id": f"{key}-{n}",
+                        "conversation_id": str(first.id),
+                        "body": key,
+                        "client_msg_id": key,
+                    }
+                )
+            acks = [await client.expect(lambda f: f.get("type") in ("ack", "error"), timeout=5) for client in sockets]
+            assert all(ack["type"] == "ack" for ack in acks), acks
+            assert len({ack["message"]["id"] for ack in acks}) == 1
+            assert sorted(ack["repeat"] for ack in acks) == [False, True]
+        seqs = await database_sync_to_async(
+            lambda: list(Message.objects.filter(conversation=first).order_by("seq").values_list("seq", flat=True))
+        )()
+        assert seqs == [1, 2, 3, 4, 5]  # once each, and no gap
+    finally:
+        for client in sockets:
+            await client.c.disconnect()
