@@ -73,22 +73,23 @@ class Batcher:
         self.batches += 1
         self.commands += len(batch)
         try:
-            if len(batch) == 1:
-                args, future = batch[0]
-                replies: list[Any] = [await self.client.execute_command(*args)]
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for args, _ in batch:
-                    pipe.execute_command(*args)
-                try:
+            try:
+                if len(batch) == 1:
+                    args, future = batch[0]
+                    replies: list[Any] = [await self.client.execute_command(*args)]
+                else:
+                    pipe = self.client.pipeline(transaction=False)
+                    for args, _ in batch:
+                        pipe.execute_command(*args)
                     replies = list(await pipe.execute(raise_on_error=False))
-                except (AttributeError, RuntimeError) as exc:
-                    # redis-py's async cluster pipeline, when a master dies under it, can fail
-                    # on the connection it just closed (no stream writer, transport closed):
-                    # the same Redis fault as a ConnectionError, not a bug of ours.
-                    raise redis_exceptions.ConnectionError(
-                        f"connection lost under a pipeline ({exc.__class__.__name__})"
-                    ) from exc
+            except (AttributeError, RuntimeError) as exc:
+                # redis-py's async cluster client, when a master dies under it, can fail on the
+                # connection it just closed (no stream writer, transport closed), for a plain
+                # command as for a pipeline: the same Redis fault as a ConnectionError (a 503),
+                # not a bug of ours.
+                raise redis_exceptions.ConnectionError(
+                    f"connection lost under a command ({exc.__class__.__name__})"
+                ) from exc
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

@@ -103,6 +103,29 @@ async def test_a_connection_fault_fails_every_command_of_the_batch():
         await client.aclose()
 
 
+@pytest.mark.parametrize(
+    "error", [AttributeError("'NoneType' object has no attribute 'writelines'"), RuntimeError("handler is closed")]
+)
+async def test_the_cluster_clients_closed_connection_errors_are_connection_faults(redis_server, monkeypatch, error):
+    """What redis-py's async cluster client raises when a master dies under a command (seen in
+    the chaos suite's master SIGKILL and SIGSTOP): a Redis fault (503), alone or batched."""
+    from redis.asyncio.connection import Connection
+
+    async def broken(self, *args, **kwargs):
+        raise error
+
+    client = redis_client.get_async()
+    batcher = Batcher(client)
+    await batcher.execute("SET", "warm", 1)
+    monkeypatch.setattr(Connection, "send_packed_command", broken)
+    with pytest.raises(redis_exceptions.ConnectionError):
+        await batcher.execute("GET", "k")
+    results = await asyncio.gather(*(batcher.submit("GET", f"k{i}") for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, redis_exceptions.ConnectionError) for r in results), results
+    monkeypatch.undo()
+    await redis_client.close_async()
+
+
 async def test_a_cancelled_caller_leaves_the_others_their_replies(redis_server):
     client = redis_client.get_async()
     batcher = Batcher(client)
