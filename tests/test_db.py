@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from core.db import db_call, defer_to_loop
+from tests.pgutil import terminate_backends
 
 # db_call closes the worker thread's old database connection around each call: a thread of the
 # process-wide pool may still hold one from an earlier test, which the blocker would refuse.
@@ -87,21 +88,11 @@ def _backend_pid() -> int:
 async def test_calls_recover_after_the_database_dropped_their_connections():
     """Recently used connections skip the per-call health check; one the database dropped in
     between fails its next call once, is closed, and the calls after it work again."""
-    from django.db import OperationalError, connection
+    from django.db import OperationalError
 
     pids = {await db_call(_backend_pid)() for _ in range(20)}
 
-    def terminate() -> None:  # on a thread of its own, with a connection of its own
-        try:
-            with connection.cursor() as cursor:
-                for pid in pids:
-                    cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-        finally:
-            connection.close()
-
-    killer = threading.Thread(target=terminate)
-    killer.start()
-    await asyncio.to_thread(killer.join, 30)
+    await asyncio.to_thread(terminate_backends, pids)
     failures: list[str] = []
     results = []
     for _ in range(40):

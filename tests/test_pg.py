@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import django.db
 import pytest
-from django.db import connection
 
 from core import pg
 from core.errors import dependency_fault
+from tests.pgutil import terminate_backends
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,22 +23,6 @@ async def statements():
     assert pool is not None
     yield pool
     await pg.close()
-
-
-def _terminate(pids: set[int]) -> None:
-    """From a thread of its own, with a connection of its own."""
-
-    def run() -> None:
-        try:
-            with connection.cursor() as cursor:
-                for pid in pids:
-                    cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
 
 
 async def test_only_the_loop_it_was_opened_on_has_statements(statements):
@@ -67,7 +50,7 @@ async def test_errors_leave_as_djangos_and_a_fault_is_a_503(statements):
 
 async def test_a_dropped_connection_fails_once_and_is_replaced(statements):
     (pid,) = await statements.fetchone(PID, {})
-    await asyncio.to_thread(_terminate, {pid})
+    await asyncio.to_thread(terminate_backends, {pid})
     with pytest.raises(django.db.OperationalError) as raised:
         await statements.fetchone(PID, {})
     assert dependency_fault(raised.value) is not None  # answered 503, never 500
@@ -79,7 +62,7 @@ async def test_a_connection_idle_past_the_check_is_checked_before_the_statement(
     """A server that dropped an idle connection is met by the empty check query, not by the
     statement: the caller never sees the error and the statement is sent once."""
     (pid,) = await statements.fetchone(PID, {})
-    await asyncio.to_thread(_terminate, {pid})
+    await asyncio.to_thread(terminate_backends, {pid})
     monkeypatch.setattr(pg, "HEALTH_CHECK_AFTER_IDLE_SECONDS", 0.0)
     (new_pid,) = await statements.fetchone(PID, {})
     assert new_pid != pid
