@@ -116,8 +116,7 @@ def latest_seqs(conversation_ids: list[str]) -> dict[str, int]:
 _latest_seqs_orm = db_call(latest_seqs)
 
 
-def _latest_seqs_sql() -> str:
-    return f"SELECT id, last_seq FROM {Conversation._meta.db_table} WHERE id = ANY(%(ids)s::uuid[])"  # noqa: S608
+_LATEST_SEQS_SQL = f"SELECT id, last_seq FROM {Conversation._meta.db_table} WHERE id = ANY(%(ids)s::uuid[])"  # noqa: S608
 
 
 async def alatest_seqs(conversation_ids: list[str]) -> dict[str, int]:
@@ -128,7 +127,7 @@ async def alatest_seqs(conversation_ids: list[str]) -> dict[str, int]:
         return await _latest_seqs_orm(conversation_ids)
     if not conversation_ids:
         return {}
-    rows = await statements.fetchall(_latest_seqs_sql(), {"ids": list(conversation_ids)})
+    rows = await statements.fetchall(_LATEST_SEQS_SQL, {"ids": list(conversation_ids)})
     return {str(cid): seq for cid, seq in rows}
 
 
